@@ -1,0 +1,217 @@
+//! Prekey bundles (PROTOCOL.md §3.4): what a key server hands an initiator.
+
+use crate::codec::{self, BUNDLE_V1};
+use crate::error::{BundleError, DecodeError};
+use crate::keys::{IdentityKey, PublicKey};
+use crate::limits::MAX_BUNDLE_BYTES;
+use crate::proto::{OneTimePreKeyProto, PreKeyBundleProto, SignedPreKeyProto};
+use crate::time::Timestamp;
+
+/// The public half of a signed prekey: id, X25519 key, Ed25519 signature over `0x05 || key`,
+/// and the (unsigned) creation time (PROTOCOL.md §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignedPreKeyPublic {
+    pub(crate) id: u32,
+    pub(crate) key: PublicKey,
+    pub(crate) signature: [u8; 64],
+    pub(crate) created_at: Timestamp,
+}
+
+impl SignedPreKeyPublic {
+    /// Assembles a signed prekey from its parts (the signature is checked by
+    /// [`PreKeyBundle::verify`], not here).
+    #[must_use]
+    pub fn new(id: u32, key: PublicKey, signature: [u8; 64], created_at: Timestamp) -> Self {
+        Self { id, key, signature, created_at }
+    }
+
+    /// The prekey id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The X25519 public key.
+    #[must_use]
+    pub fn key(&self) -> PublicKey {
+        self.key
+    }
+
+    /// The Ed25519 signature over `0x05 || key`.
+    #[must_use]
+    pub fn signature(&self) -> [u8; 64] {
+        self.signature
+    }
+
+    /// Creation time as published (not covered by the signature).
+    #[must_use]
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// Whether `identity` signed this prekey (strict RFC 8032 verification).
+    #[must_use]
+    pub fn verify(&self, identity: &IdentityKey) -> bool {
+        identity.verify(&self.key.encode(), &self.signature)
+    }
+
+    pub(crate) fn to_proto(self) -> SignedPreKeyProto {
+        SignedPreKeyProto {
+            id: self.id,
+            public_key: self.key.to_bytes().to_vec(),
+            signature: self.signature.to_vec(),
+            created_at: self.created_at.0,
+        }
+    }
+
+    pub(crate) fn from_proto(proto: &SignedPreKeyProto) -> Result<Self, DecodeError> {
+        Ok(Self {
+            id: proto.id,
+            key: PublicKey::from_bytes(&proto.public_key)
+                .map_err(|error| DecodeError::Key { field: "signed_prekey", error })?,
+            signature: codec::array(&proto.signature, "signed_prekey.signature")?,
+            created_at: Timestamp(proto.created_at),
+        })
+    }
+}
+
+/// The public half of a one-time prekey (PROTOCOL.md §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OneTimePreKeyPublic {
+    pub(crate) id: u32,
+    pub(crate) key: PublicKey,
+}
+
+impl OneTimePreKeyPublic {
+    /// Assembles a one-time prekey from its parts.
+    #[must_use]
+    pub fn new(id: u32, key: PublicKey) -> Self {
+        Self { id, key }
+    }
+
+    /// The prekey id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The X25519 public key.
+    #[must_use]
+    pub fn key(&self) -> PublicKey {
+        self.key
+    }
+
+    pub(crate) fn to_proto(self) -> OneTimePreKeyProto {
+        OneTimePreKeyProto { id: self.id, public_key: self.key.to_bytes().to_vec() }
+    }
+
+    pub(crate) fn from_proto(proto: &OneTimePreKeyProto) -> Result<Self, DecodeError> {
+        Ok(Self {
+            id: proto.id,
+            key: PublicKey::from_bytes(&proto.public_key)
+                .map_err(|error| DecodeError::Key { field: "one_time_prekey", error })?,
+        })
+    }
+}
+
+/// A prekey bundle as served: identity key, signed prekey, optionally one one-time prekey.
+/// Unverified; [`PreKeyBundle::verify`] is the only way to a [`VerifiedBundle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreKeyBundle {
+    pub(crate) identity_key: IdentityKey,
+    pub(crate) signed_prekey: SignedPreKeyPublic,
+    pub(crate) one_time_prekey: Option<OneTimePreKeyPublic>,
+}
+
+impl PreKeyBundle {
+    /// Assembles a bundle from its parts.
+    #[must_use]
+    pub fn new(
+        identity_key: IdentityKey,
+        signed_prekey: SignedPreKeyPublic,
+        one_time_prekey: Option<OneTimePreKeyPublic>,
+    ) -> Self {
+        Self { identity_key, signed_prekey, one_time_prekey }
+    }
+
+    /// Parses a bundle (leading byte `0x21`), validating every key but not the signature.
+    ///
+    /// # Errors
+    /// [`DecodeError`] on malformed input or an invalid key.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let proto: PreKeyBundleProto = codec::decode(bytes, BUNDLE_V1, MAX_BUNDLE_BYTES)?;
+        let identity_key = IdentityKey::from_bytes(&proto.identity_key)
+            .map_err(|error| DecodeError::Key { field: "identity_key", error })?;
+        let signed_prekey = SignedPreKeyPublic::from_proto(
+            proto.signed_prekey.as_ref().ok_or(DecodeError::InvalidField("signed_prekey"))?,
+        )?;
+        let one_time_prekey = proto.one_time_prekey.as_ref().map(OneTimePreKeyPublic::from_proto).transpose()?;
+        Ok(Self { identity_key, signed_prekey, one_time_prekey })
+    }
+
+    /// The encoding (leading byte `0x21`).
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let proto = PreKeyBundleProto {
+            identity_key: self.identity_key.to_bytes().to_vec(),
+            signed_prekey: Some(self.signed_prekey.to_proto()),
+            one_time_prekey: self.one_time_prekey.map(OneTimePreKeyPublic::to_proto),
+        };
+        codec::encode(BUNDLE_V1, &proto)
+    }
+
+    /// The identity key the bundle claims.
+    #[must_use]
+    pub fn identity_key(&self) -> IdentityKey {
+        self.identity_key
+    }
+
+    /// Verifies the signed prekey's signature under the bundle's own identity key.
+    ///
+    /// Whether that identity is the peer's is the caller's trust decision (safety numbers);
+    /// use [`verify_for`](Self::verify_for) when the identity is already known.
+    ///
+    /// # Errors
+    /// [`BundleError::Unauthenticated`] if the signature does not verify.
+    pub fn verify(self) -> Result<VerifiedBundle, BundleError> {
+        if !self.signed_prekey.verify(&self.identity_key) {
+            return Err(BundleError::Unauthenticated);
+        }
+        Ok(VerifiedBundle(self))
+    }
+
+    /// As [`verify`](Self::verify), and also requires the bundle's identity to be `expected`.
+    ///
+    /// # Errors
+    /// [`BundleError::IdentityMismatch`] or [`BundleError::Unauthenticated`].
+    pub fn verify_for(self, expected: &IdentityKey) -> Result<VerifiedBundle, BundleError> {
+        if self.identity_key != *expected {
+            return Err(BundleError::IdentityMismatch);
+        }
+        self.verify()
+    }
+}
+
+/// A bundle whose signed prekey signature verified. Only [`PreKeyBundle::verify`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedBundle(PreKeyBundle);
+
+impl VerifiedBundle {
+    /// The peer's identity key.
+    #[must_use]
+    pub fn identity_key(&self) -> IdentityKey {
+        self.0.identity_key
+    }
+
+    /// The signed prekey.
+    #[must_use]
+    pub fn signed_prekey(&self) -> SignedPreKeyPublic {
+        self.0.signed_prekey
+    }
+
+    /// The one-time prekey, if the server had one.
+    #[must_use]
+    pub fn one_time_prekey(&self) -> Option<OneTimePreKeyPublic> {
+        self.0.one_time_prekey
+    }
+}

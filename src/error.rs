@@ -1,0 +1,206 @@
+//! Error types, one per operation (PROTOCOL.md §9 lists the limits they name).
+//!
+//! Every error says whether state was modified: for every operation in this crate the answer is
+//! "never" — a failed call leaves every value it borrowed byte-identical.
+
+use thiserror::Error;
+
+/// A key failed validation (PROTOCOL.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key is not 32 bytes long.
+    #[error("key has the wrong length")]
+    Length,
+    /// The bytes are not a canonical encoding of a curve point.
+    #[error("key is not a valid point")]
+    Invalid,
+    /// The point has small order and would make DH non-contributory.
+    #[error("key is a point of small order")]
+    SmallOrder,
+}
+
+/// Bytes that could not be decoded. Decoding errors may be detailed: they concern public bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input is longer than the limit for its type (checked before decoding).
+    #[error("input of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Length of the input.
+        len: usize,
+        /// The limit (PROTOCOL.md §9).
+        limit: usize,
+    },
+    /// The input is empty.
+    #[error("input is empty")]
+    Empty,
+    /// The leading version/type byte is not one this version understands.
+    #[error("unsupported version or type byte {0:#04x}")]
+    UnsupportedVersion(u8),
+    /// The protobuf body is malformed.
+    #[error("malformed protobuf")]
+    Protobuf,
+    /// A field is missing, has the wrong length, or has an invalid value.
+    #[error("invalid field `{0}`")]
+    InvalidField(&'static str),
+    /// A field names a feature (for example a KEM prekey) that this handshake kind forbids or
+    /// that this version does not support.
+    #[error("unsupported field `{0}`")]
+    Unsupported(&'static str),
+    /// A key inside the input failed validation.
+    #[error("invalid key in `{field}`: {error}")]
+    Key {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        error: KeyError,
+    },
+}
+
+/// Why [`PreKeyBundle::verify`](crate::PreKeyBundle::verify) rejected a bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    /// A signature did not verify.
+    #[error("bundle failed authentication")]
+    Unauthenticated,
+    /// The bundle names an identity other than the one the caller expected.
+    #[error("bundle identity does not match the expected identity")]
+    IdentityMismatch,
+}
+
+/// Why a handshake (X3DH initiation or acceptance) failed. No session is created, no prekey is
+/// consumed, and every borrowed value is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// A signature, the first message's AEAD tag, or a DH contributory check failed.
+    #[error("handshake failed authentication")]
+    Unauthenticated,
+    /// The initial message names a signed prekey this device does not hold (or no longer holds).
+    #[error("unknown signed prekey {0}")]
+    UnknownSignedPreKey(u32),
+    /// The initial message names a one-time prekey that is unknown or already used.
+    #[error("unknown or already used one-time prekey {0}")]
+    UnknownOneTimePreKey(u32),
+    /// This exact initial message (signed prekey id, base key) was already accepted.
+    #[error("initial message replayed")]
+    Replay,
+    /// The first message inside the initial message is malformed or too far ahead.
+    #[error("first message rejected: {0}")]
+    FirstMessage(DecryptError),
+}
+
+/// Why [`Session::encrypt`](crate::Session::encrypt) failed. The session is unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum EncryptError {
+    /// The responder cannot send before it has received (PROTOCOL.md §5.1).
+    #[error("session cannot send yet")]
+    NotReady,
+    /// The plaintext exceeds the message size limit.
+    #[error("plaintext of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Plaintext length.
+        len: usize,
+        /// [`MAX_PLAINTEXT`](crate::limits::MAX_PLAINTEXT).
+        limit: usize,
+    },
+    /// The sending chain's counter reached `u32::MAX`.
+    #[error("sending chain exhausted")]
+    ChainExhausted,
+}
+
+/// Why a message was not decrypted. In every case the session is unchanged.
+///
+/// Every cryptographic failure (AEAD tag, DH contributory check) is
+/// [`Unauthenticated`](Self::Unauthenticated): which check failed helps only an attacker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DecryptError {
+    /// The message could not be parsed.
+    #[error("malformed message: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The message failed authentication.
+    #[error("message failed authentication")]
+    Unauthenticated,
+    /// This message was already decrypted, or its key was evicted from the skipped-key store.
+    #[error("message {counter} was already decrypted or has expired")]
+    Duplicate {
+        /// Message number within its chain.
+        counter: u32,
+    },
+    /// Reaching the message would skip more than `MAX_SKIP` keys (PROTOCOL.md §5.4).
+    #[error("skipping {gap} message keys exceeds the limit of {limit}")]
+    TooFarAhead {
+        /// Keys that would have to be skipped (saturating).
+        gap: u64,
+        /// [`MAX_SKIP`](crate::limits::MAX_SKIP).
+        limit: u32,
+    },
+    /// An initial message that belongs to another session (different base key or identity):
+    /// hand it to [`PreKeys::accept`](crate::PreKeys::accept) instead.
+    #[error("initial message belongs to another session")]
+    OtherSession,
+}
+
+/// Why restoring a snapshot failed. Snapshots are untrusted input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The snapshot could not be decoded.
+    #[error("malformed snapshot: {0}")]
+    Decode(#[from] DecodeError),
+    /// The snapshot decoded but violates an invariant (named).
+    #[error("snapshot violates invariant `{0}`")]
+    Invariant(&'static str),
+}
+
+/// Why prekey generation failed (client side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PreKeyError {
+    /// Generating this many one-time prekeys would exceed the stored limit.
+    #[error("{requested} more one-time prekeys would exceed the limit of {limit}")]
+    TooMany {
+        /// How many were requested.
+        requested: usize,
+        /// [`MAX_ONE_TIME_PREKEYS`](crate::limits::MAX_ONE_TIME_PREKEYS).
+        limit: usize,
+    },
+}
+
+/// Why a key server rejected an upload (PROTOCOL.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// The upload could not be decoded.
+    #[error("malformed upload: {0}")]
+    Decode(#[from] DecodeError),
+    /// The signed prekey's signature does not verify under the identity key.
+    #[error("upload failed authentication")]
+    Unauthenticated,
+    /// The upload is for a different identity than the one registered.
+    #[error("upload identity does not match the registered identity")]
+    IdentityMismatch,
+    /// A one-time prekey id appears twice, or is already stocked.
+    #[error("duplicate one-time prekey id {0}")]
+    DuplicateId(u32),
+    /// The batch or the stock would exceed a limit.
+    #[error("{count} one-time prekeys exceed the limit of {limit}")]
+    TooMany {
+        /// Resulting count.
+        count: usize,
+        /// The limit (PROTOCOL.md §9).
+        limit: usize,
+    },
+    /// A newer signed prekey replaces an older one only with a larger id.
+    #[error("signed prekey id {id} is not newer than {current}")]
+    StaleSignedPreKey {
+        /// Uploaded id.
+        id: u32,
+        /// Currently published id.
+        current: u32,
+    },
+}

@@ -1,0 +1,237 @@
+//! Low-level building blocks, exposed for test vectors, interoperability checks and audits.
+//!
+//! **Hazardous.** These functions take raw secrets and skip the checks and bookkeeping of
+//! [`Session`](crate::Session) and [`PreKeys`](crate::PreKeys) (one-time prekey consumption,
+//! replay records, initial-message framing). Applications should not need them.
+
+use core::fmt;
+
+use rand_core::CryptoRng;
+use x25519_dalek::StaticSecret;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::bundle::VerifiedBundle;
+use crate::error::{DecryptError, EncryptError, HandshakeError};
+use crate::kdf::RootKey;
+use crate::keys::{IdentityKey, IdentityKeyPair, PublicKey};
+use crate::ratchet::{self, HEADER_LEN};
+use crate::x3dh;
+
+/// Everything X3DH derives (PROTOCOL.md §4).
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct X3dhOutput {
+    /// `SK`.
+    pub shared_secret: [u8; 32],
+    /// `AD`.
+    pub associated_data: Vec<u8>,
+    /// `DH1..DH3` or `DH1..DH4`, in order.
+    pub dh: Vec<[u8; 32]>,
+}
+
+impl fmt::Debug for X3dhOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("X3dhOutput").field("dh_count", &self.dh.len()).finish_non_exhaustive()
+    }
+}
+
+fn output(agreement: &x3dh::Agreement) -> X3dhOutput {
+    X3dhOutput {
+        shared_secret: *agreement.shared_secret.as_bytes(),
+        associated_data: agreement.associated_data.clone(),
+        dh: agreement.dh.iter().map(|d| **d).collect(),
+    }
+}
+
+/// X3DH as initiator with an explicit ephemeral secret.
+///
+/// # Errors
+/// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
+pub fn x3dh_initiate(
+    identity: &IdentityKeyPair,
+    ephemeral_private: &[u8; 32],
+    bundle: &VerifiedBundle,
+    appendix: &[u8],
+) -> Result<X3dhOutput, HandshakeError> {
+    let ephemeral = StaticSecret::from(*ephemeral_private);
+    let agreement = x3dh::initiate(
+        identity,
+        &ephemeral,
+        &bundle.identity_key(),
+        &bundle.signed_prekey().key().to_bytes(),
+        bundle.one_time_prekey().map(|k| k.key().to_bytes()).as_ref(),
+        appendix,
+    )
+    .ok_or(HandshakeError::Unauthenticated)?;
+    Ok(output(&agreement))
+}
+
+/// X3DH as responder with explicit prekey secrets.
+///
+/// # Errors
+/// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
+pub fn x3dh_respond(
+    identity: &IdentityKeyPair,
+    signed_prekey_private: &[u8; 32],
+    one_time_prekey_private: Option<&[u8; 32]>,
+    initiator_identity: &IdentityKey,
+    initiator_ephemeral: &PublicKey,
+    appendix: &[u8],
+) -> Result<X3dhOutput, HandshakeError> {
+    let spk = StaticSecret::from(*signed_prekey_private);
+    let opk = one_time_prekey_private.map(|k| StaticSecret::from(*k));
+    let agreement = x3dh::respond(
+        identity,
+        &spk,
+        opk.as_ref(),
+        initiator_identity,
+        &initiator_ephemeral.to_bytes(),
+        appendix,
+    )
+    .ok_or(HandshakeError::Unauthenticated)?;
+    Ok(output(&agreement))
+}
+
+/// The X25519 public key of a private key.
+#[must_use]
+pub fn x25519_public(private: &[u8; 32]) -> [u8; 32] {
+    PublicKey::from_secret(&StaticSecret::from(*private)).to_bytes()
+}
+
+/// Ed25519 signature of `identity` over `EncodeX(key) = 0x05 || key`.
+#[must_use]
+pub fn sign_prekey(identity: &IdentityKeyPair, key: &PublicKey) -> [u8; 64] {
+    identity.sign(&key.encode())
+}
+
+/// The spec-level Double Ratchet state (PROFILE §4), for vector checks.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct RatchetState {
+    /// `RK`.
+    pub root_key: [u8; 32],
+    /// `CKs`.
+    pub sending_chain_key: Option<[u8; 32]>,
+    /// `CKr`.
+    pub receiving_chain_key: Option<[u8; 32]>,
+    /// Public half of `DHs`.
+    pub ratchet_public: [u8; 32],
+    /// `DHr`.
+    pub remote_ratchet_public: Option<[u8; 32]>,
+    /// `Ns`.
+    pub ns: u32,
+    /// `Nr`.
+    pub nr: u32,
+    /// `PN`.
+    pub pn: u32,
+    /// Number of stored skipped message keys.
+    pub skipped: usize,
+}
+
+impl fmt::Debug for RatchetState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RatchetState")
+            .field("ns", &self.ns)
+            .field("nr", &self.nr)
+            .field("pn", &self.pn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bare Double Ratchet (PROTOCOL.md §5), without session framing.
+pub struct Ratchet(ratchet::Ratchet);
+
+impl fmt::Debug for Ratchet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ratchet(<redacted>)")
+    }
+}
+
+/// One encrypted message from [`Ratchet::encrypt`].
+pub struct RatchetOutput {
+    /// The 40-byte header.
+    pub header: [u8; HEADER_LEN],
+    /// `ciphertext || tag`.
+    pub ciphertext: Vec<u8>,
+    /// The message key used.
+    pub message_key: Zeroizing<[u8; 32]>,
+}
+
+/// One decrypted message from [`Ratchet::decrypt`].
+pub struct Opened {
+    /// The plaintext.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The message key used.
+    pub message_key: Zeroizing<[u8; 32]>,
+}
+
+impl Ratchet {
+    /// `RatchetInitAlice`: draws `DHs` (32 bytes) from `rng`.
+    ///
+    /// # Errors
+    /// [`HandshakeError::Unauthenticated`] if `DH(DHs, SPK_B)` is non-contributory.
+    pub fn init_alice(
+        rng: &mut (impl CryptoRng + ?Sized),
+        shared_secret: &[u8; 32],
+        associated_data: &[u8],
+        bob_signed_prekey: &[u8; 32],
+    ) -> Result<Self, HandshakeError> {
+        let sk = RootKey::from_bytes(*shared_secret);
+        ratchet::Ratchet::init_alice(rng, &sk, associated_data.to_vec(), bob_signed_prekey)
+            .map(Self)
+            .ok_or(HandshakeError::Unauthenticated)
+    }
+
+    /// `RatchetInitBob` with the signed prekey secret as `DHs`.
+    #[must_use]
+    pub fn init_bob(shared_secret: &[u8; 32], associated_data: &[u8], signed_prekey_private: &[u8; 32]) -> Self {
+        let sk = RootKey::from_bytes(*shared_secret);
+        Self(ratchet::Ratchet::init_bob(
+            &sk,
+            associated_data.to_vec(),
+            StaticSecret::from(*signed_prekey_private),
+        ))
+    }
+
+    /// `RatchetEncrypt`.
+    ///
+    /// # Errors
+    /// [`EncryptError`]; the state is unchanged.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<RatchetOutput, EncryptError> {
+        let out = self.0.encrypt(plaintext)?;
+        Ok(RatchetOutput {
+            header: out.header,
+            ciphertext: out.ciphertext,
+            message_key: Zeroizing::new(*out.message_key.as_bytes()),
+        })
+    }
+
+    /// `RatchetDecrypt`; returns the plaintext and the message key. Transactional.
+    ///
+    /// # Errors
+    /// [`DecryptError`]; the state is unchanged and `rng` unused.
+    pub fn decrypt(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        header: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Opened, DecryptError> {
+        let out = self.0.decrypt(rng, header, ciphertext)?;
+        Ok(Opened { plaintext: out.plaintext, message_key: Zeroizing::new(*out.message_key.as_bytes()) })
+    }
+
+    /// The spec-level state.
+    #[must_use]
+    pub fn state(&self) -> RatchetState {
+        let r = &self.0;
+        RatchetState {
+            root_key: *r.root.as_bytes(),
+            sending_chain_key: r.cks.as_ref().map(|k| *k.as_bytes()),
+            receiving_chain_key: r.ckr.as_ref().map(|k| *k.as_bytes()),
+            ratchet_public: r.dhs.public,
+            remote_ratchet_public: r.dhr,
+            ns: r.ns,
+            nr: r.nr,
+            pn: r.pn,
+            skipped: r.skipped.len(),
+        }
+    }
+}

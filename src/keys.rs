@@ -1,0 +1,241 @@
+//! Identity keys and X25519 keys (PROTOCOL.md §3).
+
+use core::fmt;
+
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use curve25519_dalek::scalar::Scalar;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand_core::CryptoRng;
+use subtle::ConstantTimeEq;
+use x25519_dalek::{PublicKey as XPublic, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::KeyError;
+
+/// Type byte of an encoded X25519 public key, `EncodeX` (PROTOCOL.md §3.1).
+pub(crate) const X25519_TYPE: u8 = 0x05;
+/// Type byte of an encoded Ed25519 identity key, `EncodeEd` (PROTOCOL.md §3.1).
+pub(crate) const ED25519_TYPE: u8 = 0xED;
+
+/// A device's long-term identity key pair: an Ed25519 seed (PROTOCOL.md §3.2).
+///
+/// The same seed signs prekeys (Ed25519, RFC 8032) and, through its X25519 form
+/// `clamp(SHA-512(seed)[0..32])`, takes part in X3DH. Not `Clone`: there is one owner.
+/// Persist it with [`IdentityKeyPair::to_seed`] (the caller encrypts it at rest).
+pub struct IdentityKeyPair {
+    signing: SigningKey,
+    public: IdentityKey,
+}
+
+impl IdentityKeyPair {
+    /// Generates a fresh identity from 32 bytes of `rng`.
+    pub fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut());
+        Self::from_seed(&seed)
+    }
+
+    /// Rebuilds an identity from its 32-byte Ed25519 seed.
+    #[must_use]
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        let signing = SigningKey::from_bytes(seed);
+        let verifying = signing.verifying_key();
+        let public = IdentityKey {
+            ed: verifying.to_bytes(),
+            x: verifying.to_montgomery().to_bytes(),
+        };
+        Self { signing, public }
+    }
+
+    /// The 32-byte seed, for the caller to persist (encrypted at rest).
+    #[must_use]
+    pub fn to_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.signing.to_bytes())
+    }
+
+    /// The public identity key.
+    #[must_use]
+    pub fn public(&self) -> IdentityKey {
+        self.public
+    }
+
+    /// Ed25519 signature (RFC 8032, deterministic) over `message`.
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.signing.sign(message).to_bytes()
+    }
+
+    /// The X25519 form of the identity secret: `SHA-512(seed)[0..32]`, clamped by X25519.
+    pub(crate) fn dh_secret(&self) -> StaticSecret {
+        let mut bytes = self.signing.to_scalar_bytes();
+        let secret = StaticSecret::from(bytes);
+        bytes.zeroize();
+        secret
+    }
+}
+
+impl fmt::Debug for IdentityKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityKeyPair").field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+/// A public identity key: an Ed25519 public key (PROTOCOL.md §3.2).
+///
+/// Construction checks that the encoding is canonical, decodes to a curve point, is not of
+/// small order, and so has a valid X25519 form `u = (1 + y) / (1 - y)`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentityKey {
+    ed: [u8; 32],
+    x: [u8; 32],
+}
+
+impl IdentityKey {
+    /// Parses a 32-byte Ed25519 public key.
+    ///
+    /// # Errors
+    /// [`KeyError`] if the bytes are not a canonical, valid, non-small-order Ed25519 point.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let ed: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length)?;
+        let point = CompressedEdwardsY(ed).decompress().ok_or(KeyError::Invalid)?;
+        if point.compress().to_bytes() != ed {
+            return Err(KeyError::Invalid);
+        }
+        let verifying = VerifyingKey::from_bytes(&ed).map_err(|_| KeyError::Invalid)?;
+        if verifying.is_weak() {
+            return Err(KeyError::SmallOrder);
+        }
+        let x = verifying.to_montgomery().to_bytes();
+        Ok(Self { ed, x })
+    }
+
+    /// The 32-byte Ed25519 encoding.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.ed
+    }
+
+    /// The X25519 form (birational map), used for DH in X3DH.
+    #[must_use]
+    pub fn x25519(&self) -> [u8; 32] {
+        self.x
+    }
+
+    /// `EncodeEd(IK) = 0xED || IK` (PROTOCOL.md §3.1).
+    pub(crate) fn encode(&self) -> [u8; 33] {
+        let mut out = [0u8; 33];
+        out[0] = ED25519_TYPE;
+        out[1..].copy_from_slice(&self.ed);
+        out
+    }
+
+    /// Strict RFC 8032 verification of `signature` over `message`.
+    pub(crate) fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
+        let Ok(sig) = <[u8; 64]>::try_from(signature) else {
+            return false;
+        };
+        let Ok(vk) = VerifyingKey::from_bytes(&self.ed) else {
+            return false;
+        };
+        vk.verify_strict(message, &Signature::from_bytes(&sig)).is_ok()
+    }
+}
+
+impl fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdentityKey({})", Hex(&self.ed))
+    }
+}
+
+/// A validated X25519 public key (PROTOCOL.md §3.1): canonical (`u < 2^255 - 19`) and not of
+/// small order. Ratchet keys in headers are not validated this way; their DH output is checked
+/// instead.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// Parses and validates 32 raw bytes.
+    ///
+    /// # Errors
+    /// [`KeyError`] on a wrong length, a non-canonical encoding or a point of small order.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let u: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length)?;
+        if !is_canonical_u(&u) {
+            return Err(KeyError::Invalid);
+        }
+        if is_small_order_u(&u) {
+            return Err(KeyError::SmallOrder);
+        }
+        Ok(Self(u))
+    }
+
+    /// The raw 32 bytes.
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
+    }
+
+    pub(crate) fn from_secret(secret: &StaticSecret) -> Self {
+        Self(XPublic::from(secret).to_bytes())
+    }
+
+    /// `EncodeX(pk) = 0x05 || pk` (PROTOCOL.md §3.1), the message a signed prekey signature covers.
+    pub(crate) fn encode(&self) -> [u8; 33] {
+        let mut out = [0u8; 33];
+        out[0] = X25519_TYPE;
+        out[1..].copy_from_slice(&self.0);
+        out
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", Hex(&self.0))
+    }
+}
+
+/// X25519 with the contributory check of PROTOCOL.md §3.3: an all-zero output is an error.
+pub(crate) fn dh(secret: &StaticSecret, public: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+    let shared = secret.diffie_hellman(&XPublic::from(*public));
+    if shared.was_contributory() {
+        Some(Zeroizing::new(shared.to_bytes()))
+    } else {
+        None
+    }
+}
+
+/// A fresh X25519 secret: 32 bytes of `rng`, clamped by X25519 (PROTOCOL.md §3.3).
+pub(crate) fn generate_x25519(rng: &mut (impl CryptoRng + ?Sized)) -> StaticSecret {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(bytes.as_mut());
+    StaticSecret::from(*bytes)
+}
+
+/// `u < 2^255 - 19` with the top bit clear.
+fn is_canonical_u(u: &[u8; 32]) -> bool {
+    // p = 2^255 - 19 little-endian: ed ff .. ff 7f. Non-canonical iff u >= p.
+    if u[31] & 0x80 != 0 {
+        return false;
+    }
+    let top_is_max = u[31] == 0x7f && u[1..31].iter().all(|&b| b == 0xff);
+    !(top_is_max && u[0] >= 0xed)
+}
+
+/// True if `8 * u` is the identity, i.e. the point has order dividing 8 (on the curve or twist).
+fn is_small_order_u(u: &[u8; 32]) -> bool {
+    let eight = Scalar::from(8u8);
+    let product = MontgomeryPoint(*u) * eight;
+    product.to_bytes().ct_eq(&[0u8; 32]).into()
+}
+
+/// Lower-case hex for `Debug` of public values.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}

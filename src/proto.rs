@@ -1,0 +1,230 @@
+//! Hand-written prost messages (no protoc, no build script). The `.proto` text of every message
+//! is in PROTOCOL.md §8 (wire) and §10 (snapshots); tags here must match it. Retired tags are
+//! never reused.
+
+#![allow(missing_docs, unreachable_pub)]
+
+use zeroize::Zeroize;
+
+// ---- Wire (PROTOCOL.md §8) -------------------------------------------------------------------
+
+/// A Double Ratchet message. Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RatchetMessageProto {
+    /// The 40-byte header, authenticated as received.
+    #[prost(bytes = "vec", tag = "1")]
+    pub header: Vec<u8>,
+    /// AES-256-GCM ciphertext || tag.
+    #[prost(bytes = "vec", tag = "2")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// An initial (prekey) message. Next tag: 9. Tags 6 and 7 are reserved for PQXDH.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PreKeyMessageProto {
+    #[prost(uint32, tag = "1")]
+    pub handshake: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub identity_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub base_key: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub signed_prekey_id: u32,
+    #[prost(uint32, optional, tag = "5")]
+    pub one_time_prekey_id: Option<u32>,
+    #[prost(uint32, optional, tag = "6")]
+    pub kem_prekey_id: Option<u32>,
+    #[prost(bytes = "vec", optional, tag = "7")]
+    pub kem_ciphertext: Option<Vec<u8>>,
+    #[prost(message, optional, tag = "8")]
+    pub message: Option<RatchetMessageProto>,
+}
+
+// ---- Bundles and uploads (PROTOCOL.md §8) ----------------------------------------------------
+
+/// Next tag: 5.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SignedPreKeyProto {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub public_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub signature: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub created_at: u64,
+}
+
+/// Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OneTimePreKeyProto {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub public_key: Vec<u8>,
+}
+
+/// Next tag: 4. Tag 4 is reserved for the PQXDH KEM prekey.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PreKeyBundleProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub identity_key: Vec<u8>,
+    #[prost(message, optional, tag = "2")]
+    pub signed_prekey: Option<SignedPreKeyProto>,
+    #[prost(message, optional, tag = "3")]
+    pub one_time_prekey: Option<OneTimePreKeyProto>,
+}
+
+/// Next tag: 4. Tags 4 and 5 are reserved for PQXDH KEM prekeys.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PreKeyUploadProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub identity_key: Vec<u8>,
+    #[prost(message, optional, tag = "2")]
+    pub signed_prekey: Option<SignedPreKeyProto>,
+    #[prost(message, repeated, tag = "3")]
+    pub one_time_prekeys: Vec<OneTimePreKeyProto>,
+}
+
+// ---- Snapshots (PROTOCOL.md §10) -------------------------------------------------------------
+
+/// Next tag: 4.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SkippedKeyProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub ratchet_key: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub counter: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub message_key: Vec<u8>,
+}
+
+/// Next tag: 11.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RatchetProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub associated_data: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub root_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub sending_ratchet_private: Vec<u8>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub remote_ratchet_public: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    pub sending_chain_key: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "6")]
+    pub receiving_chain_key: Option<Vec<u8>>,
+    #[prost(uint32, tag = "7")]
+    pub ns: u32,
+    #[prost(uint32, tag = "8")]
+    pub nr: u32,
+    #[prost(uint32, tag = "9")]
+    pub pn: u32,
+    #[prost(message, repeated, tag = "10")]
+    pub skipped: Vec<SkippedKeyProto>,
+}
+
+/// Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PendingPreKeyProto {
+    #[prost(uint32, tag = "1")]
+    pub signed_prekey_id: u32,
+    #[prost(uint32, optional, tag = "2")]
+    pub one_time_prekey_id: Option<u32>,
+}
+
+/// Next tag: 8.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionProto {
+    #[prost(uint32, tag = "1")]
+    pub handshake: u32,
+    #[prost(bool, tag = "2")]
+    pub initiator: bool,
+    #[prost(bytes = "vec", tag = "3")]
+    pub local_identity: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub remote_identity: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub base_key: Vec<u8>,
+    #[prost(message, optional, tag = "6")]
+    pub pending: Option<PendingPreKeyProto>,
+    #[prost(message, optional, tag = "7")]
+    pub ratchet: Option<RatchetProto>,
+}
+
+/// Next tag: 7.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SignedPreKeySecretProto {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub private_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub signature: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub created_at: u64,
+    #[prost(uint64, optional, tag = "5")]
+    pub retired_at: Option<u64>,
+}
+
+/// Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OneTimePreKeySecretProto {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub private_key: Vec<u8>,
+}
+
+/// Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AcceptedBaseKeyProto {
+    #[prost(uint32, tag = "1")]
+    pub signed_prekey_id: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub base_key: Vec<u8>,
+}
+
+/// Next tag: 6.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PreKeysProto {
+    #[prost(message, repeated, tag = "1")]
+    pub signed_prekeys: Vec<SignedPreKeySecretProto>,
+    #[prost(message, repeated, tag = "2")]
+    pub one_time_prekeys: Vec<OneTimePreKeySecretProto>,
+    #[prost(uint32, tag = "3")]
+    pub next_signed_prekey_id: u32,
+    #[prost(uint32, tag = "4")]
+    pub next_one_time_prekey_id: u32,
+    #[prost(message, repeated, tag = "5")]
+    pub accepted_base_keys: Vec<AcceptedBaseKeyProto>,
+}
+
+// Secret-bearing snapshot structs are wiped when dropped.
+
+impl Drop for SkippedKeyProto {
+    fn drop(&mut self) {
+        self.message_key.zeroize();
+    }
+}
+
+impl Drop for RatchetProto {
+    fn drop(&mut self) {
+        self.root_key.zeroize();
+        self.sending_ratchet_private.zeroize();
+        self.sending_chain_key.zeroize();
+        self.receiving_chain_key.zeroize();
+    }
+}
+
+impl Drop for SignedPreKeySecretProto {
+    fn drop(&mut self) {
+        self.private_key.zeroize();
+    }
+}
+
+impl Drop for OneTimePreKeySecretProto {
+    fn drop(&mut self) {
+        self.private_key.zeroize();
+    }
+}

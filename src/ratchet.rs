@@ -1,0 +1,287 @@
+//! The Double Ratchet (PROTOCOL.md §5), exactly PROFILE §4, with a transactional decrypt.
+
+use std::collections::VecDeque;
+
+use rand_core::CryptoRng;
+use x25519_dalek::StaticSecret;
+use zeroize::Zeroizing;
+
+use crate::aead;
+use crate::error::{DecodeError, DecryptError, EncryptError};
+use crate::kdf::{ChainKey, MessageKey, RootKey};
+use crate::keys::{self, PublicKey};
+use crate::limits::{MAX_PLAINTEXT, MAX_SKIP, MAX_STORED_SKIPPED};
+
+/// Length of the fixed binary header `dh || u32be(pn) || u32be(n)` (PROTOCOL.md §5.3).
+pub(crate) const HEADER_LEN: usize = 40;
+
+/// A parsed message header (PROTOCOL.md §5.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) dh: [u8; 32],
+    pub(crate) pn: u32,
+    pub(crate) n: u32,
+}
+
+impl Header {
+    pub(crate) fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[..32].copy_from_slice(&self.dh);
+        out[32..36].copy_from_slice(&self.pn.to_be_bytes());
+        out[36..].copy_from_slice(&self.n.to_be_bytes());
+        out
+    }
+
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let bytes: &[u8; HEADER_LEN] =
+            bytes.try_into().map_err(|_| DecodeError::InvalidField("header"))?;
+        let (dh, counters) = bytes.split_at(32);
+        let (pn, n) = counters.split_at(4);
+        Ok(Self {
+            dh: crate::kdf::to32(dh),
+            pn: u32::from_be_bytes(pn.try_into().map_err(|_| DecodeError::InvalidField("header"))?),
+            n: u32::from_be_bytes(n.try_into().map_err(|_| DecodeError::InvalidField("header"))?),
+        })
+    }
+}
+
+/// An X25519 ratchet key pair (`DHs`).
+pub(crate) struct RatchetKeyPair {
+    pub(crate) secret: StaticSecret,
+    pub(crate) public: [u8; 32],
+}
+
+impl RatchetKeyPair {
+    pub(crate) fn from_secret(secret: StaticSecret) -> Self {
+        let public = PublicKey::from_secret(&secret).to_bytes();
+        Self { secret, public }
+    }
+
+    fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        Self::from_secret(keys::generate_x25519(rng))
+    }
+}
+
+/// One stored skipped message key, addressed by `(dh, n)`.
+pub(crate) struct Skipped {
+    pub(crate) dh: [u8; 32],
+    pub(crate) n: u32,
+    pub(crate) key: MessageKey,
+}
+
+/// Double Ratchet state of PROFILE §4: `DHs, DHr, RK, CKs, CKr, Ns, Nr, PN, MKSKIPPED`, plus the
+/// associated data fixed at session setup.
+pub(crate) struct Ratchet {
+    pub(crate) ad: Vec<u8>,
+    pub(crate) root: RootKey,
+    pub(crate) dhs: RatchetKeyPair,
+    pub(crate) dhr: Option<[u8; 32]>,
+    pub(crate) cks: Option<ChainKey>,
+    pub(crate) ckr: Option<ChainKey>,
+    pub(crate) ns: u32,
+    pub(crate) nr: u32,
+    pub(crate) pn: u32,
+    /// Insertion-ordered; the front is the oldest and is evicted first. Consulted only when a
+    /// header is not the next-or-later message of the current receiving chain (PROTOCOL.md §5.4),
+    /// so its size does not slow down in-order decryption.
+    pub(crate) skipped: VecDeque<Skipped>,
+}
+
+/// Output of [`Ratchet::encrypt`].
+pub(crate) struct Encrypted {
+    pub(crate) header: [u8; HEADER_LEN],
+    pub(crate) ciphertext: Vec<u8>,
+    pub(crate) message_key: MessageKey,
+}
+
+/// Output of a successful decrypt, with the message key for vector checks.
+pub(crate) struct Decrypted {
+    pub(crate) plaintext: Zeroizing<Vec<u8>>,
+    pub(crate) message_key: MessageKey,
+}
+
+impl Ratchet {
+    /// `RatchetInitAlice` (PROTOCOL.md §5.1): draws `DHs` from `rng`, then
+    /// `RK, CKs = KDF_RK(SK, DH(DHs, SPK_B))`. `None` if the DH is non-contributory.
+    pub(crate) fn init_alice(
+        rng: &mut (impl CryptoRng + ?Sized),
+        shared_secret: &RootKey,
+        ad: Vec<u8>,
+        bob_ratchet_key: &[u8; 32],
+    ) -> Option<Self> {
+        let dhs = RatchetKeyPair::generate(rng);
+        let dh_out = keys::dh(&dhs.secret, bob_ratchet_key)?;
+        let (root, cks) = shared_secret.step(&dh_out);
+        Some(Self {
+            ad,
+            root,
+            dhs,
+            dhr: Some(*bob_ratchet_key),
+            cks: Some(cks),
+            ckr: None,
+            ns: 0,
+            nr: 0,
+            pn: 0,
+            skipped: VecDeque::new(),
+        })
+    }
+
+    /// `RatchetInitBob` (PROTOCOL.md §5.1): `DHs = SPK_B`, `RK = SK`, no chains.
+    pub(crate) fn init_bob(shared_secret: &RootKey, ad: Vec<u8>, signed_prekey: StaticSecret) -> Self {
+        Self {
+            ad,
+            root: shared_secret.duplicate(),
+            dhs: RatchetKeyPair::from_secret(signed_prekey),
+            dhr: None,
+            cks: None,
+            ckr: None,
+            ns: 0,
+            nr: 0,
+            pn: 0,
+            skipped: VecDeque::new(),
+        }
+    }
+
+    fn aad(&self, header: &[u8]) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(self.ad.len() + header.len());
+        aad.extend_from_slice(&self.ad);
+        aad.extend_from_slice(header);
+        aad
+    }
+
+    /// `RatchetEncrypt` (PROTOCOL.md §5.3).
+    pub(crate) fn encrypt(&mut self, plaintext: &[u8]) -> Result<Encrypted, EncryptError> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(EncryptError::TooLarge { len: plaintext.len(), limit: MAX_PLAINTEXT });
+        }
+        let cks = self.cks.as_ref().ok_or(EncryptError::NotReady)?;
+        let next_ns = self.ns.checked_add(1).ok_or(EncryptError::ChainExhausted)?;
+        let (message_key, next_ck) = cks.step();
+        let header = Header { dh: self.dhs.public, pn: self.pn, n: self.ns }.to_bytes();
+        let ciphertext = aead::seal(&message_key.aead_key(), &self.aad(&header), plaintext);
+        self.cks = Some(next_ck);
+        self.ns = next_ns;
+        Ok(Encrypted { header, ciphertext, message_key })
+    }
+
+    /// `RatchetDecrypt` (PROTOCOL.md §5.4). Transactional: every new value is derived on the
+    /// side and the state is written only after the AEAD tag verified. In particular the new
+    /// sending ratchet key is drawn from `rng` only after success, so a rejected message
+    /// consumes no randomness.
+    pub(crate) fn decrypt(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        header_bytes: &[u8],
+        ciphertext: &[u8],
+    ) -> Result<Decrypted, DecryptError> {
+        let header = Header::from_bytes(header_bytes)?;
+        let current_chain = self.dhr == Some(header.dh);
+
+        // TrySkippedMessageKeys: only for headers that are not at or after Nr in the current
+        // receiving chain; a key for those can never be in the store.
+        if !(current_chain && header.n >= self.nr)
+            && let Some(idx) = self.find_skipped(&header)
+        {
+            let key = &self.skipped.get(idx).ok_or(DecryptError::Unauthenticated)?.key;
+            let plaintext = aead::open(&key.aead_key(), &self.aad(header_bytes), ciphertext)
+                .ok_or(DecryptError::Unauthenticated)?;
+            let used = self.skipped.remove(idx).ok_or(DecryptError::Unauthenticated)?;
+            return Ok(Decrypted { plaintext, message_key: used.key });
+        }
+
+        if current_chain {
+            if header.n < self.nr {
+                return Err(DecryptError::Duplicate { counter: header.n });
+            }
+            check_skip(self.nr, header.n)?;
+            let ckr = self.ckr.as_ref().ok_or(DecryptError::Unauthenticated)?;
+            let (skipped, message_key, next_ck) = derive_until(ckr, self.nr, header.n);
+            let plaintext = aead::open(&message_key.aead_key(), &self.aad(header_bytes), ciphertext)
+                .ok_or(DecryptError::Unauthenticated)?;
+            // Commit.
+            self.store_skipped(header.dh, skipped);
+            self.ckr = Some(next_ck);
+            self.nr = header.n.saturating_add(1);
+            return Ok(Decrypted { plaintext, message_key });
+        }
+
+        // A new ratchet key: SkipMessageKeys(PN), DHRatchet, SkipMessageKeys(n).
+        check_skip(self.nr, header.pn)?;
+        check_skip(0, header.n)?;
+        let old_chain_skipped = match (&self.ckr, &self.dhr) {
+            (Some(ckr), Some(dhr)) => Some((*dhr, derive_skipped(ckr, self.nr, header.pn))),
+            _ => None,
+        };
+        let dh_recv = keys::dh(&self.dhs.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;
+        let (root_mid, ckr_new) = self.root.step(&dh_recv);
+        let (skipped, message_key, next_ck) = derive_until(&ckr_new, 0, header.n);
+        let plaintext = aead::open(&message_key.aead_key(), &self.aad(header_bytes), ciphertext)
+            .ok_or(DecryptError::Unauthenticated)?;
+        // Authenticated: now draw the new sending key pair (second half of DHRatchet).
+        let dhs_new = RatchetKeyPair::generate(rng);
+        let dh_send = keys::dh(&dhs_new.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;
+        let (root_new, cks_new) = root_mid.step(&dh_send);
+        // Commit.
+        if let Some((dhr, keys)) = old_chain_skipped {
+            self.store_skipped(dhr, keys);
+        }
+        self.store_skipped(header.dh, skipped);
+        self.pn = self.ns;
+        self.ns = 0;
+        self.nr = header.n.saturating_add(1);
+        self.dhr = Some(header.dh);
+        self.ckr = Some(next_ck);
+        self.dhs = dhs_new;
+        self.root = root_new;
+        self.cks = Some(cks_new);
+        Ok(Decrypted { plaintext, message_key })
+    }
+
+    fn find_skipped(&self, header: &Header) -> Option<usize> {
+        self.skipped.iter().position(|s| s.n == header.n && s.dh == header.dh)
+    }
+
+    fn store_skipped(&mut self, dh: [u8; 32], keys: Vec<(u32, MessageKey)>) {
+        for (n, key) in keys {
+            self.skipped.push_back(Skipped { dh, n, key });
+        }
+        while self.skipped.len() > MAX_STORED_SKIPPED {
+            self.skipped.pop_front();
+        }
+    }
+}
+
+/// `SkipMessageKeys` bound (PROTOCOL.md §5.4): error if `Nr + MAX_SKIP < until`.
+fn check_skip(nr: u32, until: u32) -> Result<(), DecryptError> {
+    if u64::from(nr) + u64::from(MAX_SKIP) < u64::from(until) {
+        return Err(DecryptError::TooFarAhead {
+            gap: u64::from(until) - u64::from(nr),
+            limit: MAX_SKIP,
+        });
+    }
+    Ok(())
+}
+
+/// Message keys `from..until` of a chain (none if `until <= from`) and the chain key after them.
+fn skip_chain(ck: &ChainKey, from: u32, until: u32) -> (Vec<(u32, MessageKey)>, ChainKey) {
+    let mut out = Vec::new();
+    let mut ck = ck.duplicate();
+    for n in from..until {
+        let (mk, next) = ck.step();
+        out.push((n, mk));
+        ck = next;
+    }
+    (out, ck)
+}
+
+/// Message keys `from..until` of a chain: what `SkipMessageKeys(until)` stores.
+fn derive_skipped(ck: &ChainKey, from: u32, until: u32) -> Vec<(u32, MessageKey)> {
+    skip_chain(ck, from, until).0
+}
+
+/// Skipped keys `from..n`, the key for `n`, and the chain key after `n`.
+fn derive_until(ck: &ChainKey, from: u32, n: u32) -> (Vec<(u32, MessageKey)>, MessageKey, ChainKey) {
+    let (skipped, ck) = skip_chain(ck, from, n);
+    let (mk, next) = ck.step();
+    (skipped, mk, next)
+}

@@ -1,0 +1,405 @@
+//! The persisted pairwise unit: one Double Ratchet plus who it is with and how it began
+//! (PROTOCOL.md §6).
+
+use core::fmt;
+use std::collections::{HashSet, VecDeque};
+
+use rand_core::CryptoRng;
+use x25519_dalek::StaticSecret;
+use zeroize::Zeroizing;
+
+use crate::bundle::VerifiedBundle;
+use crate::codec::{self, SESSION_SNAPSHOT_V1};
+use crate::error::{DecodeError, DecryptError, EncryptError, HandshakeError, RestoreError};
+use crate::kdf::{ChainKey, MessageKey, RootKey};
+use crate::keys::{self, IdentityKey, IdentityKeyPair, PublicKey};
+use crate::limits::{MAX_SNAPSHOT_BYTES, MAX_STORED_SKIPPED};
+use crate::proto::{PendingPreKeyProto, RatchetProto, SessionProto, SkippedKeyProto};
+use crate::ratchet::{Ratchet, RatchetKeyPair, Skipped};
+use crate::wire::{Handshake, Message, PreKeyMessage, RatchetMessage};
+use crate::x3dh;
+
+/// Longest associated-data appendix a snapshot may carry.
+const MAX_AD_APPENDIX: usize = 1024;
+
+/// Which side of the handshake this device played.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sent the initial message (Alice).
+    Initiator,
+    /// Accepted the initial message (Bob).
+    Responder,
+}
+
+/// The prekey data the initiator repeats until the first reply (PROTOCOL.md §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    signed_prekey_id: u32,
+    one_time_prekey_id: Option<u32>,
+}
+
+/// A pairwise session with one remote device.
+///
+/// # Sans-IO contract
+/// * [`Session::encrypt`] returns wire bytes. **Persist [`Session::snapshot`] before sending
+///   them**: otherwise a crash can make the next encrypt reuse a message key.
+/// * [`Session::decrypt`] is transactional: on `Err` the session is byte-identical to before.
+///   Persist the snapshot after a successful decrypt.
+/// * No clock, no IO; randomness only from the `rng` argument.
+pub struct Session {
+    ratchet: Ratchet,
+    handshake: Handshake,
+    role: Role,
+    local_identity: IdentityKey,
+    remote_identity: IdentityKey,
+    base_key: PublicKey,
+    pending: Option<Pending>,
+}
+
+impl Session {
+    /// Starts a session from a verified bundle (X3DH initiator, PROTOCOL.md §4.2, §5.1).
+    ///
+    /// Draws the ephemeral key `EK_A` and then the first ratchet key from `rng`, in that order.
+    /// Every message sent before the first reply carries the initial data.
+    ///
+    /// # Errors
+    /// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
+    pub fn initiate(
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        bundle: &VerifiedBundle,
+    ) -> Result<Self, HandshakeError> {
+        let ephemeral = keys::generate_x25519(rng);
+        let base_key = PublicKey::from_secret(&ephemeral);
+        let signed_prekey = bundle.signed_prekey();
+        let one_time = bundle.one_time_prekey();
+        let agreement = x3dh::initiate(
+            identity,
+            &ephemeral,
+            &bundle.identity_key(),
+            &signed_prekey.key().to_bytes(),
+            one_time.map(|k| k.key().to_bytes()).as_ref(),
+            &[],
+        )
+        .ok_or(HandshakeError::Unauthenticated)?;
+        drop(ephemeral);
+        let ratchet = Ratchet::init_alice(
+            rng,
+            &agreement.shared_secret,
+            agreement.associated_data.clone(),
+            &signed_prekey.key().to_bytes(),
+        )
+        .ok_or(HandshakeError::Unauthenticated)?;
+        Ok(Self {
+            ratchet,
+            handshake: Handshake::X3dh,
+            role: Role::Initiator,
+            local_identity: identity.public(),
+            remote_identity: bundle.identity_key(),
+            base_key,
+            pending: Some(Pending {
+                signed_prekey_id: signed_prekey.id(),
+                one_time_prekey_id: one_time.map(|k| k.id()),
+            }),
+        })
+    }
+
+    /// Creates the responder's session from an authenticated initial message; used by
+    /// [`PreKeys::accept`](crate::PreKeys::accept), which owns the prekey secrets.
+    pub(crate) fn respond(
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        signed_prekey: &StaticSecret,
+        one_time_prekey: Option<&StaticSecret>,
+        message: &PreKeyMessage,
+    ) -> Result<(Self, Zeroizing<Vec<u8>>), HandshakeError> {
+        let agreement = x3dh::respond(
+            identity,
+            signed_prekey,
+            one_time_prekey,
+            &message.identity_key,
+            &message.base_key.to_bytes(),
+            &[],
+        )
+        .ok_or(HandshakeError::Unauthenticated)?;
+        let spk_copy = StaticSecret::from(signed_prekey.to_bytes());
+        let mut ratchet = Ratchet::init_bob(&agreement.shared_secret, agreement.associated_data.clone(), spk_copy);
+        let inner = &message.message;
+        let decrypted = ratchet.decrypt(rng, &inner.header, &inner.ciphertext).map_err(|e| match e {
+            DecryptError::Unauthenticated => HandshakeError::Unauthenticated,
+            other => HandshakeError::FirstMessage(other),
+        })?;
+        let session = Self {
+            ratchet,
+            handshake: message.handshake,
+            role: Role::Responder,
+            local_identity: identity.public(),
+            remote_identity: message.identity_key,
+            base_key: message.base_key,
+            pending: None,
+        };
+        Ok((session, decrypted.plaintext))
+    }
+
+    /// Encrypts `plaintext` and returns the wire bytes: an initial message until the first
+    /// reply has been decrypted, a ratchet message after.
+    ///
+    /// **Persist [`Session::snapshot`] before transmitting the result.**
+    ///
+    /// # Errors
+    /// [`EncryptError`]; the session is unchanged.
+    pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, EncryptError> {
+        let out = self.ratchet.encrypt(plaintext)?;
+        let message = RatchetMessage { header: out.header, ciphertext: out.ciphertext };
+        Ok(match self.pending {
+            Some(p) => PreKeyMessage {
+                handshake: self.handshake,
+                identity_key: self.local_identity,
+                base_key: self.base_key,
+                signed_prekey_id: p.signed_prekey_id,
+                one_time_prekey_id: p.one_time_prekey_id,
+                message,
+            }
+            .to_bytes(),
+            None => message.to_bytes(),
+        })
+    }
+
+    /// Decrypts a parsed message. An initial message is accepted only if it belongs to this
+    /// session (same base key and identity; the initiator keeps repeating its initial data).
+    ///
+    /// Transactional: on `Err` the session is unchanged and no randomness was used.
+    ///
+    /// # Errors
+    /// [`DecryptError`]; [`DecryptError::OtherSession`] for an initial message of another
+    /// session (hand it to [`PreKeys::accept`](crate::PreKeys::accept)).
+    pub fn decrypt(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        message: &Message,
+    ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+        let inner = match message {
+            Message::Ratchet(m) => m,
+            Message::PreKey(m) => {
+                if !self.owns(m) {
+                    return Err(DecryptError::OtherSession);
+                }
+                &m.message
+            }
+        };
+        let out = self.ratchet.decrypt(rng, &inner.header, &inner.ciphertext)?;
+        // A reply proves the responder has the session: stop sending the initial data.
+        if self.role == Role::Initiator {
+            self.pending = None;
+        }
+        Ok(out.plaintext)
+    }
+
+    /// Parses and decrypts wire bytes; see [`Session::decrypt`].
+    ///
+    /// # Errors
+    /// As [`Session::decrypt`], plus [`DecryptError::Malformed`].
+    pub fn decrypt_bytes(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        bytes: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+        self.decrypt(rng, &Message::from_bytes(bytes)?)
+    }
+
+    /// Whether an initial message was produced by this session's initiator for this session.
+    #[must_use]
+    pub fn owns(&self, message: &PreKeyMessage) -> bool {
+        self.role == Role::Responder
+            && message.base_key == self.base_key
+            && message.identity_key == self.remote_identity
+            && message.handshake == self.handshake
+    }
+
+    /// The handshake that created the session (never changes).
+    #[must_use]
+    pub fn handshake(&self) -> Handshake {
+        self.handshake
+    }
+
+    /// Which side this device played.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// This device's identity key.
+    #[must_use]
+    pub fn local_identity(&self) -> IdentityKey {
+        self.local_identity
+    }
+
+    /// The peer device's identity key, authenticated by the handshake.
+    #[must_use]
+    pub fn remote_identity(&self) -> IdentityKey {
+        self.remote_identity
+    }
+
+    /// The initiator's ephemeral key `EK_A`: identifies the session on both sides.
+    #[must_use]
+    pub fn base_key(&self) -> PublicKey {
+        self.base_key
+    }
+
+    /// Whether outgoing messages still carry the initial data (initiator, no reply yet).
+    #[must_use]
+    pub fn awaiting_reply(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Number of stored skipped message keys.
+    #[must_use]
+    pub fn skipped_keys(&self) -> usize {
+        self.ratchet.skipped.len()
+    }
+
+    /// The session's state as a versioned snapshot (PROTOCOL.md §10.1). Contains secrets:
+    /// store it encrypted at rest.
+    #[must_use]
+    pub fn snapshot(&self) -> Zeroizing<Vec<u8>> {
+        let r = &self.ratchet;
+        let proto = SessionProto {
+            handshake: self.handshake.code(),
+            initiator: self.role == Role::Initiator,
+            local_identity: self.local_identity.to_bytes().to_vec(),
+            remote_identity: self.remote_identity.to_bytes().to_vec(),
+            base_key: self.base_key.to_bytes().to_vec(),
+            pending: self.pending.map(|p| PendingPreKeyProto {
+                signed_prekey_id: p.signed_prekey_id,
+                one_time_prekey_id: p.one_time_prekey_id,
+            }),
+            ratchet: Some(RatchetProto {
+                associated_data: r.ad.clone(),
+                root_key: r.root.as_bytes().to_vec(),
+                sending_ratchet_private: r.dhs.secret.to_bytes().to_vec(),
+                remote_ratchet_public: r.dhr.map(|k| k.to_vec()),
+                sending_chain_key: r.cks.as_ref().map(|k| k.as_bytes().to_vec()),
+                receiving_chain_key: r.ckr.as_ref().map(|k| k.as_bytes().to_vec()),
+                ns: r.ns,
+                nr: r.nr,
+                pn: r.pn,
+                skipped: r
+                    .skipped
+                    .iter()
+                    .map(|s| SkippedKeyProto {
+                        ratchet_key: s.dh.to_vec(),
+                        counter: s.n,
+                        message_key: s.key.as_bytes().to_vec(),
+                    })
+                    .collect(),
+            }),
+        };
+        codec::encode_secret(SESSION_SNAPSHOT_V1, &proto)
+    }
+
+    /// Restores a snapshot, treating it as untrusted: every length, limit and invariant is
+    /// checked (PROTOCOL.md §10.1).
+    ///
+    /// # Errors
+    /// [`RestoreError`] naming the violated invariant.
+    pub fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
+        let mut proto: SessionProto = codec::decode(bytes, SESSION_SNAPSHOT_V1, MAX_SNAPSHOT_BYTES)?;
+        let handshake = Handshake::from_code(proto.handshake).ok_or(RestoreError::Invariant("handshake"))?;
+        let role = if proto.initiator { Role::Initiator } else { Role::Responder };
+        let local_identity =
+            IdentityKey::from_bytes(&proto.local_identity).map_err(|_| RestoreError::Invariant("local_identity"))?;
+        let remote_identity =
+            IdentityKey::from_bytes(&proto.remote_identity).map_err(|_| RestoreError::Invariant("remote_identity"))?;
+        let base_key = PublicKey::from_bytes(&proto.base_key).map_err(|_| RestoreError::Invariant("base_key"))?;
+        let pending = proto.pending.as_ref().map(|p| Pending {
+            signed_prekey_id: p.signed_prekey_id,
+            one_time_prekey_id: p.one_time_prekey_id,
+        });
+        if pending.is_some() && role != Role::Initiator {
+            return Err(RestoreError::Invariant("pending only for the initiator"));
+        }
+        let r = proto.ratchet.take().ok_or(RestoreError::Invariant("ratchet"))?;
+        let (initiator, responder) = match role {
+            Role::Initiator => (&local_identity, &remote_identity),
+            Role::Responder => (&remote_identity, &local_identity),
+        };
+        let expected_ad = x3dh::associated_data(initiator, responder, &[]);
+        if r.associated_data.len() > expected_ad.len() + MAX_AD_APPENDIX
+            || r.associated_data.get(..expected_ad.len()) != Some(expected_ad.as_slice())
+        {
+            return Err(RestoreError::Invariant("associated_data"));
+        }
+        let ratchet = restore_ratchet(&r)?;
+        Ok(Self { ratchet, handshake, role, local_identity, remote_identity, base_key, pending })
+    }
+}
+
+fn key32(bytes: &[u8], field: &'static str) -> Result<[u8; 32], RestoreError> {
+    codec::array(bytes, field).map_err(|_: DecodeError| RestoreError::Invariant(field))
+}
+
+fn restore_ratchet(r: &RatchetProto) -> Result<Ratchet, RestoreError> {
+    let root = RootKey::from_bytes(key32(&r.root_key, "root_key")?);
+    let mut dhs_bytes = Zeroizing::new(key32(&r.sending_ratchet_private, "sending_ratchet_private")?);
+    let dhs = RatchetKeyPair::from_secret(StaticSecret::from(*dhs_bytes));
+    dhs_bytes.as_mut().fill(0);
+    let dhr = r.remote_ratchet_public.as_deref().map(|k| key32(k, "remote_ratchet_public")).transpose()?;
+    let cks = r
+        .sending_chain_key
+        .as_deref()
+        .map(|k| key32(k, "sending_chain_key").map(ChainKey::from_bytes))
+        .transpose()?;
+    let ckr = r
+        .receiving_chain_key
+        .as_deref()
+        .map(|k| key32(k, "receiving_chain_key").map(ChainKey::from_bytes))
+        .transpose()?;
+    if ckr.is_some() && dhr.is_none() {
+        return Err(RestoreError::Invariant("receiving chain without remote ratchet key"));
+    }
+    if ckr.is_none() && r.nr != 0 {
+        return Err(RestoreError::Invariant("nr without receiving chain"));
+    }
+    if cks.is_none() && (r.ns != 0 || r.pn != 0) {
+        return Err(RestoreError::Invariant("counters without sending chain"));
+    }
+    if r.skipped.len() > MAX_STORED_SKIPPED {
+        return Err(RestoreError::Invariant("skipped keys exceed MAX_STORED_SKIPPED"));
+    }
+    let mut seen = HashSet::with_capacity(r.skipped.len());
+    let mut skipped = VecDeque::with_capacity(r.skipped.len());
+    for s in &r.skipped {
+        let dh = key32(&s.ratchet_key, "skipped.ratchet_key")?;
+        if !seen.insert((dh, s.counter)) {
+            return Err(RestoreError::Invariant("duplicate skipped key"));
+        }
+        let key = MessageKey::from_bytes(key32(&s.message_key, "skipped.message_key")?);
+        skipped.push_back(Skipped { dh, n: s.counter, key });
+    }
+    Ok(Ratchet {
+        ad: r.associated_data.clone(),
+        root,
+        dhs,
+        dhr,
+        cks,
+        ckr,
+        ns: r.ns,
+        nr: r.nr,
+        pn: r.pn,
+        skipped,
+    })
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("handshake", &self.handshake)
+            .field("role", &self.role)
+            .field("local_identity", &self.local_identity)
+            .field("remote_identity", &self.remote_identity)
+            .field("base_key", &self.base_key)
+            .field("awaiting_reply", &self.pending.is_some())
+            .field("skipped_keys", &self.ratchet.skipped.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,221 @@
+//! Pairwise wire messages (PROTOCOL.md §8): a leading version/type byte, then protobuf.
+//!
+//! Parsing exposes the routing data (sender identity, base key, prekey ids) before any
+//! cryptography, so the caller can find the right session or prekeys in its own storage.
+//! Authentication covers the exact header and ciphertext bytes received, never a re-encoding.
+
+use crate::codec::{self, PREKEY_MESSAGE_V1, RATCHET_MESSAGE_V1};
+use crate::error::DecodeError;
+use crate::keys::{IdentityKey, PublicKey};
+use crate::limits::MAX_MESSAGE_BYTES;
+use crate::proto::{PreKeyMessageProto, RatchetMessageProto};
+use crate::ratchet::HEADER_LEN;
+
+/// Which key agreement created a session (PROTOCOL.md §6.2). Recorded in every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Handshake {
+    /// X3DH, profile `x3dh-dr-ed25519-x25519-sha256-aesgcm/v1`.
+    X3dh,
+}
+
+impl Handshake {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Handshake::X3dh => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(Handshake::X3dh),
+            _ => None,
+        }
+    }
+}
+
+/// A pairwise message as received: either an initial message or a ratchet message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Carries the X3DH initial data; sent by the initiator until the first reply arrives.
+    PreKey(PreKeyMessage),
+    /// An ordinary Double Ratchet message.
+    Ratchet(RatchetMessage),
+}
+
+impl Message {
+    /// Parses a message. Checks the size limit and the leading byte before decoding.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for oversized, unversioned, unknown-version or malformed input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        match bytes.first() {
+            Some(&PREKEY_MESSAGE_V1) => PreKeyMessage::from_bytes(bytes).map(Message::PreKey),
+            Some(&RATCHET_MESSAGE_V1) => RatchetMessage::from_bytes(bytes).map(Message::Ratchet),
+            Some(&other) if bytes.len() <= MAX_MESSAGE_BYTES => Err(DecodeError::UnsupportedVersion(other)),
+            Some(_) => Err(DecodeError::TooLarge { len: bytes.len(), limit: MAX_MESSAGE_BYTES }),
+            None => Err(DecodeError::Empty),
+        }
+    }
+
+    /// The encoding.
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Message::PreKey(m) => m.to_bytes(),
+            Message::Ratchet(m) => m.to_bytes(),
+        }
+    }
+}
+
+/// A Double Ratchet message: the 40-byte header and the AEAD ciphertext (PROTOCOL.md §8.2).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RatchetMessage {
+    pub(crate) header: [u8; HEADER_LEN],
+    pub(crate) ciphertext: Vec<u8>,
+}
+
+impl RatchetMessage {
+    /// Parses a standalone ratchet message (leading byte `0x12`).
+    ///
+    /// # Errors
+    /// [`DecodeError`] on malformed input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let proto: RatchetMessageProto = codec::decode(bytes, RATCHET_MESSAGE_V1, MAX_MESSAGE_BYTES)?;
+        Self::from_proto(proto)
+    }
+
+    fn from_proto(proto: RatchetMessageProto) -> Result<Self, DecodeError> {
+        let header = codec::array(&proto.header, "header")?;
+        if proto.ciphertext.len() < 16 {
+            return Err(DecodeError::InvalidField("ciphertext"));
+        }
+        Ok(Self { header, ciphertext: proto.ciphertext })
+    }
+
+    fn to_proto(&self) -> RatchetMessageProto {
+        RatchetMessageProto { header: self.header.to_vec(), ciphertext: self.ciphertext.clone() }
+    }
+
+    /// The encoding (leading byte `0x12`).
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(RATCHET_MESSAGE_V1, &self.to_proto())
+    }
+
+    /// The sender's current ratchet public key, from the header.
+    #[must_use]
+    pub fn ratchet_key(&self) -> [u8; 32] {
+        crate::kdf::to32(self.header.get(..32).unwrap_or(&[]))
+    }
+
+    /// The message number `n` within its sending chain, from the header.
+    #[must_use]
+    pub fn counter(&self) -> u32 {
+        crate::ratchet::Header::from_bytes(&self.header).map_or(0, |h| h.n)
+    }
+}
+
+impl core::fmt::Debug for RatchetMessage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RatchetMessage")
+            .field("counter", &self.counter())
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An initial message (PROTOCOL.md §8.3): X3DH data plus the first ratchet message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreKeyMessage {
+    pub(crate) handshake: Handshake,
+    pub(crate) identity_key: IdentityKey,
+    pub(crate) base_key: PublicKey,
+    pub(crate) signed_prekey_id: u32,
+    pub(crate) one_time_prekey_id: Option<u32>,
+    pub(crate) message: RatchetMessage,
+}
+
+impl PreKeyMessage {
+    /// Parses an initial message (leading byte `0x11`).
+    ///
+    /// # Errors
+    /// [`DecodeError`] on malformed input, an unknown handshake kind, invalid keys, or
+    /// post-quantum fields (not supported by this version).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let proto: PreKeyMessageProto = codec::decode(bytes, PREKEY_MESSAGE_V1, MAX_MESSAGE_BYTES)?;
+        let handshake = Handshake::from_code(proto.handshake).ok_or(DecodeError::InvalidField("handshake"))?;
+        // PROTOCOL.md §6.2: an X3DH initial message carries no KEM fields.
+        if proto.kem_prekey_id.is_some() {
+            return Err(DecodeError::Unsupported("kem_prekey_id"));
+        }
+        if proto.kem_ciphertext.is_some() {
+            return Err(DecodeError::Unsupported("kem_ciphertext"));
+        }
+        let identity_key = IdentityKey::from_bytes(&proto.identity_key)
+            .map_err(|error| DecodeError::Key { field: "identity_key", error })?;
+        let base_key =
+            PublicKey::from_bytes(&proto.base_key).map_err(|error| DecodeError::Key { field: "base_key", error })?;
+        let message = RatchetMessage::from_proto(proto.message.ok_or(DecodeError::InvalidField("message"))?)?;
+        Ok(Self {
+            handshake,
+            identity_key,
+            base_key,
+            signed_prekey_id: proto.signed_prekey_id,
+            one_time_prekey_id: proto.one_time_prekey_id,
+            message,
+        })
+    }
+
+    /// The encoding (leading byte `0x11`).
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let proto = PreKeyMessageProto {
+            handshake: self.handshake.code(),
+            identity_key: self.identity_key.to_bytes().to_vec(),
+            base_key: self.base_key.to_bytes().to_vec(),
+            signed_prekey_id: self.signed_prekey_id,
+            one_time_prekey_id: self.one_time_prekey_id,
+            kem_prekey_id: None,
+            kem_ciphertext: None,
+            message: Some(self.message.to_proto()),
+        };
+        codec::encode(PREKEY_MESSAGE_V1, &proto)
+    }
+
+    /// The handshake kind.
+    #[must_use]
+    pub fn handshake(&self) -> Handshake {
+        self.handshake
+    }
+
+    /// The initiator's identity key (`IK_A`). Unauthenticated until the message decrypts.
+    #[must_use]
+    pub fn identity_key(&self) -> IdentityKey {
+        self.identity_key
+    }
+
+    /// The initiator's ephemeral key (`EK_A`), which also identifies the session.
+    #[must_use]
+    pub fn base_key(&self) -> PublicKey {
+        self.base_key
+    }
+
+    /// Id of the signed prekey used.
+    #[must_use]
+    pub fn signed_prekey_id(&self) -> u32 {
+        self.signed_prekey_id
+    }
+
+    /// Id of the one-time prekey used, if any.
+    #[must_use]
+    pub fn one_time_prekey_id(&self) -> Option<u32> {
+        self.one_time_prekey_id
+    }
+
+    /// The first (or a later, until a reply arrives) ratchet message inside.
+    #[must_use]
+    pub fn message(&self) -> &RatchetMessage {
+        &self.message
+    }
+}
