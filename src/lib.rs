@@ -76,3 +76,8 @@ pub use wire::{Handshake, Message, PreKeyMessage, RatchetMessage};
 
 /// The pairwise profile this crate implements (PROTOCOL.md §1).
 pub const PROFILE_ID: &str = "x3dh-dr-ed25519-x25519-sha256-aesgcm/v1";
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
