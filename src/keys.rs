@@ -239,3 +239,64 @@ impl fmt::Display for Hex<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> [u8; 32] {
+        let v: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
+        v.try_into().unwrap()
+    }
+
+    /// The small-order and non-canonical u-coordinates listed by libsodium and RFC 7748 §6.1.
+    #[test]
+    fn rejects_small_order_and_non_canonical_x25519_keys() {
+        let bad = [
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            "0100000000000000000000000000000000000000000000000000000000000000",
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+            "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+            "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+            "cdeb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b880",
+            "4c9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f11d7",
+            "d9ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "daffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+            "dbffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        ];
+        for b in bad {
+            assert!(PublicKey::from_bytes(&unhex(b)).is_err(), "{b} accepted");
+        }
+        // p - 1 is canonical but of order 2 (u = -1); the first five are small order.
+        assert_eq!(PublicKey::from_bytes(&unhex(bad[4])), Err(KeyError::SmallOrder));
+        assert_eq!(PublicKey::from_bytes(&unhex(bad[5])), Err(KeyError::Invalid));
+        assert_eq!(PublicKey::from_bytes(&[9u8; 31]), Err(KeyError::Length));
+        let mut base = [0u8; 32];
+        base[0] = 9;
+        assert!(PublicKey::from_bytes(&base).is_ok());
+    }
+
+    #[test]
+    fn identity_dh_forms_agree() {
+        let alice = IdentityKeyPair::from_seed(&[7u8; 32]);
+        let secret = alice.dh_secret();
+        assert_eq!(PublicKey::from_secret(&secret).to_bytes(), alice.public().x25519());
+        let parsed = IdentityKey::from_bytes(&alice.public().to_bytes()).unwrap();
+        assert_eq!(parsed, alice.public());
+    }
+
+    #[test]
+    fn rejects_small_order_and_non_canonical_identity_keys() {
+        // Ed25519 identity point (0, 1) and a point of order 2 (0, -1).
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(IdentityKey::from_bytes(&identity), Err(KeyError::SmallOrder));
+        let minus_one = unhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
+        assert_eq!(IdentityKey::from_bytes(&minus_one), Err(KeyError::SmallOrder));
+        // y = p + 1 encodes the identity non-canonically.
+        let non_canonical = unhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
+        assert!(IdentityKey::from_bytes(&non_canonical).is_err());
+    }
+}

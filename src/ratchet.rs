@@ -285,3 +285,91 @@ fn derive_until(ck: &ChainKey, from: u32, n: u32) -> (Vec<(u32, MessageKey)>, Me
     let (mk, next) = ck.step();
     (skipped, mk, next)
 }
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::ChaCha20Rng;
+    use rand_chacha::rand_core::SeedableRng;
+
+    use super::*;
+
+    fn pair(rng: &mut ChaCha20Rng) -> (Ratchet, Ratchet) {
+        let sk = RootKey::from_bytes([3u8; 32]);
+        let spk = keys::generate_x25519(rng);
+        let spk_pub = PublicKey::from_secret(&spk).to_bytes();
+        let alice = Ratchet::init_alice(rng, &sk, b"ad".to_vec(), &spk_pub).unwrap();
+        let bob = Ratchet::init_bob(&sk, b"ad".to_vec(), spk);
+        (alice, bob)
+    }
+
+    /// Sends `count` messages from `tx` and returns them.
+    fn burst(tx: &mut Ratchet, count: u32) -> Vec<Encrypted> {
+        (0..count).map(|i| tx.encrypt(&i.to_be_bytes()).unwrap()).collect()
+    }
+
+    #[test]
+    fn skipped_store_is_bounded_and_evicts_oldest_first() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let (mut alice, mut bob) = pair(&mut rng);
+        let mut chains = Vec::new();
+        for round in 0..3 {
+            let msgs = burst(&mut alice, MAX_SKIP + 1);
+            let last = msgs.last().unwrap();
+            bob.decrypt(&mut rng, &last.header, &last.ciphertext).unwrap();
+            assert_eq!(bob.skipped.len(), (usize::try_from(MAX_SKIP).unwrap() * (round + 1)).min(MAX_STORED_SKIPPED));
+            let reply = bob.encrypt(b"turn").unwrap();
+            alice.decrypt(&mut rng, &reply.header, &reply.ciphertext).unwrap();
+            chains.push(msgs);
+        }
+        assert_eq!(bob.skipped.len(), MAX_STORED_SKIPPED);
+        // The first chain's keys were evicted; its messages now fail authentication (a new
+        // ratchet step against an old key) and leave the state unchanged.
+        let old = &chains[0][0];
+        let before_root = *bob.root.as_bytes();
+        assert_eq!(bob.decrypt(&mut rng, &old.header, &old.ciphertext).err(), Some(DecryptError::Unauthenticated));
+        assert_eq!(*bob.root.as_bytes(), before_root);
+        assert_eq!(bob.skipped.len(), MAX_STORED_SKIPPED);
+        // The second and third chains' keys are all still there.
+        for chain in &chains[1..] {
+            for m in &chain[..chain.len() - 1] {
+                bob.decrypt(&mut rng, &m.header, &m.ciphertext).unwrap();
+            }
+        }
+        assert!(bob.skipped.is_empty());
+    }
+
+    #[test]
+    fn skip_limit_is_exact() {
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let (mut alice, mut bob) = pair(&mut rng);
+        let msgs = burst(&mut alice, MAX_SKIP + 2);
+        // n = MAX_SKIP + 1 needs MAX_SKIP + 1 skipped keys: rejected; n = MAX_SKIP is accepted.
+        let too_far = &msgs[usize::try_from(MAX_SKIP + 1).unwrap()];
+        assert_eq!(
+            bob.decrypt(&mut rng, &too_far.header, &too_far.ciphertext).err(),
+            Some(DecryptError::TooFarAhead { gap: u64::from(MAX_SKIP + 1), limit: MAX_SKIP })
+        );
+        let edge = &msgs[usize::try_from(MAX_SKIP).unwrap()];
+        bob.decrypt(&mut rng, &edge.header, &edge.ciphertext).unwrap();
+        assert_eq!(bob.skipped.len(), usize::try_from(MAX_SKIP).unwrap());
+    }
+
+    #[test]
+    fn failed_decrypt_draws_no_randomness() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let (mut alice, mut bob) = pair(&mut rng);
+        let m = alice.encrypt(b"x").unwrap();
+        let mut bad = m.ciphertext.clone();
+        bad[0] ^= 1;
+        let mut probe = rng.clone();
+        assert!(bob.decrypt(&mut probe, &m.header, &bad).is_err());
+        assert_eq!(probe, rng, "a rejected message consumed randomness");
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let h = Header { dh: [5u8; 32], pn: 0x0102_0304, n: u32::MAX };
+        assert_eq!(Header::from_bytes(&h.to_bytes()).unwrap(), h);
+        assert!(Header::from_bytes(&[0u8; 39]).is_err());
+    }
+}

@@ -17,6 +17,8 @@
 //! Regenerate our own vectors (a protocol change: say so in the CHANGELOG) with
 //! `cargo test --test vectors -- --ignored regenerate`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -225,6 +227,9 @@ fn keys_list(v: &Value, key: &str) -> Vec<[u8; 32]> {
         .collect()
 }
 
+/// A sent message: header, ciphertext, plaintext.
+type SentMessage = (Vec<u8>, Vec<u8>, Vec<u8>);
+
 fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
     let n = name(v);
     let sk = h32(v, "shared_secret");
@@ -240,7 +245,8 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
     let mut bob_rng = ScriptedRng::new(keys_list(v, "bob_ratchet_privates"), format!("{n}: bob"));
     let mut alice = Ratchet::init_alice(&mut alice_rng, &sk, &ad, &hazmat::x25519_public(&spk_priv)).unwrap();
     let mut bob = Ratchet::init_bob(&sk, &ad, &spk_priv);
-    let mut sent: HashMap<String, (Vec<u8>, Vec<u8>, Vec<u8>)> = HashMap::new();
+    // id -> (header, ciphertext, plaintext)
+    let mut sent: HashMap<String, SentMessage> = HashMap::new();
     let events = v["events"].as_array().unwrap_or_else(|| panic!("{n}: events"));
     assert_eq!(events.first().map(|e| (e["op"].as_str(), e["from"].as_str())), Some((Some("send"), Some("alice"))), "{n}: first event must be Alice's send");
     for (i, e) in events.iter().enumerate() {
