@@ -330,6 +330,16 @@ impl Session {
             return Err(RestoreError::Invariant("associated_data"));
         }
         let ratchet = restore_ratchet(&r)?;
+        // A session can always send, and always knows the peer's ratchet key: the initiator's
+        // from the bundle, the responder's from the first message (PROTOCOL.md §5.1).
+        if ratchet.cks.is_none() || ratchet.dhr.is_none() {
+            return Err(RestoreError::Invariant("sending chain and remote ratchet key"));
+        }
+        // The initiator repeats its initial data exactly until it has received something.
+        let received = ratchet.ckr.is_some();
+        if (role == Role::Initiator && pending.is_some() == received) || (role == Role::Responder && !received) {
+            return Err(RestoreError::Invariant("pending initial data"));
+        }
         Ok(Self { ratchet, handshake, role, local_identity, remote_identity, base_key, pending })
     }
 }
