@@ -140,6 +140,10 @@ impl PreKeyBundle {
     /// [`DecodeError`] on malformed input or an invalid key.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let proto: PreKeyBundleProto = codec::decode(bytes, BUNDLE_V1, MAX_BUNDLE_BYTES)?;
+        // PROTOCOL.md §8.4: a KEM prekey must never be ignored (that would be a downgrade).
+        if proto.kem_prekey.is_some() {
+            return Err(DecodeError::Unsupported("kem_prekey"));
+        }
         let identity_key = IdentityKey::from_bytes(&proto.identity_key)
             .map_err(|error| DecodeError::Key { field: "identity_key", error })?;
         let signed_prekey = SignedPreKeyPublic::from_proto(
@@ -156,6 +160,7 @@ impl PreKeyBundle {
             identity_key: self.identity_key.to_bytes().to_vec(),
             signed_prekey: Some(self.signed_prekey.to_proto()),
             one_time_prekey: self.one_time_prekey.map(OneTimePreKeyPublic::to_proto),
+            kem_prekey: None,
         };
         codec::encode(BUNDLE_V1, &proto)
     }

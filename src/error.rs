@@ -125,7 +125,9 @@ pub enum DecryptError {
     /// The message failed authentication.
     #[error("message failed authentication")]
     Unauthenticated,
-    /// This message was already decrypted, or its key was evicted from the skipped-key store.
+    /// A message of the current receiving chain that was already decrypted, or whose skipped
+    /// key was evicted. (A replay from an earlier chain whose key is gone cannot be told apart
+    /// from a forgery and is [`Unauthenticated`](Self::Unauthenticated); PROTOCOL.md §5.4.)
     #[error("message {counter} was already decrypted or has expired")]
     Duplicate {
         /// Message number within its chain.

@@ -21,7 +21,7 @@ const CK_MESSAGE_BYTE: u8 = 0x01;
 const CK_CHAIN_BYTE: u8 = 0x02;
 /// `F`: 32 bytes 0xFF prepended to the X3DH input keying material (PROTOCOL.md §4).
 pub(crate) const F: [u8; 32] = [0xFF; 32];
-/// The all-zero 32-byte HKDF salt (PROTOCOL.md §4, §5.2).
+/// The all-zero 32-byte HKDF salt (PROTOCOL.md §4.2, §5.3).
 const ZERO_SALT: [u8; 32] = [0; 32];
 
 /// HKDF-SHA-256 with an all-zero 32-byte salt, expanding into `out`.

@@ -147,7 +147,7 @@ impl fmt::Debug for IdentityKey {
     }
 }
 
-/// A validated X25519 public key (PROTOCOL.md §3.1): canonical (`u < 2^255 - 19`) and not of
+/// A validated X25519 public key (PROTOCOL.md §3.3): canonical (`u < 2^255 - 19`) and not of
 /// small order. Ratchet keys in headers are not validated this way; their DH output is checked
 /// instead.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -31,5 +31,9 @@ pub const MAX_SIGNED_PREKEYS: usize = 16;
 pub const MAX_ACCEPTED_BASE_KEYS: usize = 10_000;
 /// Default grace period for a replaced signed prekey: 30 days in milliseconds.
 pub const SIGNED_PREKEY_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// Longest associated-data appendix a session snapshot may carry (PROTOCOL.md §4.3).
+pub const MAX_AD_APPENDIX: usize = 1024;
+/// Shortest ciphertext a ratchet message may carry: the 16-byte AES-GCM tag.
+pub const MIN_CIPHERTEXT: usize = 16;
 /// Largest snapshot accepted by a `restore`.
 pub const MAX_SNAPSHOT_BYTES: usize = 2 * 1024 * 1024;

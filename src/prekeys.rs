@@ -270,8 +270,11 @@ impl PreKeys {
             }
         }
         let current = current.ok_or(RestoreError::Invariant("exactly one current signed prekey"))?;
-        if current.public.id == 0 || signed.iter().any(|s| s.public.id == current.public.id) {
+        if signed.iter().any(|s| s.public.id == current.public.id) {
             return Err(RestoreError::Invariant("duplicate signed prekey id"));
+        }
+        if current.public.id == 0 || signed.iter().any(|s| s.public.id == 0) {
+            return Err(RestoreError::Invariant("signed prekey id 0"));
         }
         if proto.one_time_prekeys.len() > MAX_ONE_TIME_PREKEYS {
             return Err(RestoreError::Invariant("one-time prekey count"));

@@ -64,7 +64,13 @@ pub struct OneTimePreKeyProto {
     pub public_key: Vec<u8>,
 }
 
-/// Next tag: 4. Tag 4 is reserved for the PQXDH KEM prekey.
+/// A KEM prekey (PQXDH, PROFILE-pqxdh §3). Declared so that a v1 decoder can see, and reject,
+/// a bundle or upload that carries one instead of silently ignoring it (a downgrade).
+/// Next tag: 1 (contents defined with PQXDH support).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KemPreKeyProto {}
+
+/// Next tag: 5. Tag 4 is the PQXDH KEM prekey, rejected by v1.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PreKeyBundleProto {
     #[prost(bytes = "vec", tag = "1")]
@@ -73,9 +79,11 @@ pub struct PreKeyBundleProto {
     pub signed_prekey: Option<SignedPreKeyProto>,
     #[prost(message, optional, tag = "3")]
     pub one_time_prekey: Option<OneTimePreKeyProto>,
+    #[prost(message, optional, tag = "4")]
+    pub kem_prekey: Option<KemPreKeyProto>,
 }
 
-/// Next tag: 4. Tags 4 and 5 are reserved for PQXDH KEM prekeys.
+/// Next tag: 6. Tags 4 (last-resort) and 5 (one-time) are PQXDH KEM prekeys, rejected by v1.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PreKeyUploadProto {
     #[prost(bytes = "vec", tag = "1")]
@@ -84,6 +92,10 @@ pub struct PreKeyUploadProto {
     pub signed_prekey: Option<SignedPreKeyProto>,
     #[prost(message, repeated, tag = "3")]
     pub one_time_prekeys: Vec<OneTimePreKeyProto>,
+    #[prost(message, optional, tag = "4")]
+    pub last_resort_kem_prekey: Option<KemPreKeyProto>,
+    #[prost(message, repeated, tag = "5")]
+    pub one_time_kem_prekeys: Vec<KemPreKeyProto>,
 }
 
 // ---- Snapshots (PROTOCOL.md §10) -------------------------------------------------------------
@@ -152,7 +164,7 @@ pub struct SessionProto {
     pub ratchet: Option<RatchetProto>,
 }
 
-/// Next tag: 7.
+/// Next tag: 6.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SignedPreKeySecretProto {
     #[prost(uint32, tag = "1")]

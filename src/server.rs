@@ -37,6 +37,7 @@ impl PreKeyUpload {
             identity_key: self.identity_key.to_bytes().to_vec(),
             signed_prekey: Some(self.signed_prekey.to_proto()),
             one_time_prekeys: self.one_time_prekeys.iter().map(|k| k.to_proto()).collect(),
+            ..Default::default()
         };
         codec::encode(UPLOAD_V1, &proto)
     }
@@ -48,6 +49,10 @@ impl PreKeyUpload {
     /// [`UploadError`] naming the first problem found.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, UploadError> {
         let proto: PreKeyUploadProto = codec::decode(bytes, UPLOAD_V1, MAX_UPLOAD_BYTES)?;
+        // PROTOCOL.md §8.4: KEM prekeys are not silently dropped.
+        if proto.last_resort_kem_prekey.is_some() || !proto.one_time_kem_prekeys.is_empty() {
+            return Err(DecodeError::Unsupported("kem_prekey").into());
+        }
         if proto.one_time_prekeys.len() > MAX_UPLOAD_ONE_TIME_PREKEYS {
             return Err(UploadError::TooMany {
                 count: proto.one_time_prekeys.len(),
@@ -201,6 +206,7 @@ impl DeviceKeys {
             identity_key: self.identity_key.to_bytes().to_vec(),
             signed_prekey: Some(self.signed_prekey.to_proto()),
             one_time_prekeys: self.one_time.iter().map(|k| k.to_proto()).collect(),
+            ..Default::default()
         };
         codec::encode(UPLOAD_V1, &proto)
     }

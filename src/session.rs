@@ -13,14 +13,11 @@ use crate::codec::{self, SESSION_SNAPSHOT_V1};
 use crate::error::{DecodeError, DecryptError, EncryptError, HandshakeError, RestoreError};
 use crate::kdf::{ChainKey, MessageKey, RootKey};
 use crate::keys::{self, IdentityKey, IdentityKeyPair, PublicKey};
-use crate::limits::{MAX_SNAPSHOT_BYTES, MAX_STORED_SKIPPED};
+use crate::limits::{MAX_AD_APPENDIX, MAX_SNAPSHOT_BYTES, MAX_STORED_SKIPPED};
 use crate::proto::{PendingPreKeyProto, RatchetProto, SessionProto, SkippedKeyProto};
 use crate::ratchet::{Ratchet, RatchetKeyPair, Skipped};
 use crate::wire::{Handshake, Message, PreKeyMessage, RatchetMessage};
 use crate::x3dh;
-
-/// Longest associated-data appendix a snapshot may carry.
-const MAX_AD_APPENDIX: usize = 1024;
 
 /// Which side of the handshake this device played.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

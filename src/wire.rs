@@ -7,7 +7,7 @@
 use crate::codec::{self, PREKEY_MESSAGE_V1, RATCHET_MESSAGE_V1};
 use crate::error::DecodeError;
 use crate::keys::{IdentityKey, PublicKey};
-use crate::limits::MAX_MESSAGE_BYTES;
+use crate::limits::{MAX_MESSAGE_BYTES, MIN_CIPHERTEXT};
 use crate::proto::{PreKeyMessageProto, RatchetMessageProto};
 use crate::ratchet::HEADER_LEN;
 
@@ -87,7 +87,7 @@ impl RatchetMessage {
 
     fn from_proto(proto: RatchetMessageProto) -> Result<Self, DecodeError> {
         let header = codec::array(&proto.header, "header")?;
-        if proto.ciphertext.len() < 16 {
+        if proto.ciphertext.len() < MIN_CIPHERTEXT {
             return Err(DecodeError::InvalidField("ciphertext"));
         }
         Ok(Self { header, ciphertext: proto.ciphertext })
