@@ -2,7 +2,13 @@
 //!
 //! `cargo bench --bench ratchet`
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 
@@ -15,11 +21,15 @@ fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
     let bob = IdentityKeyPair::generate(rng);
     let mut prekeys = PreKeys::new(rng, &bob, Timestamp(0));
     let otk = prekeys.generate_one_time_prekeys(rng, 1).unwrap();
-    let bundle = PreKeyBundle::new(bob.public(), prekeys.signed_prekey(), otk.first().copied()).verify().unwrap();
+    let bundle = PreKeyBundle::new(bob.public(), prekeys.signed_prekey(), otk.first().copied())
+        .verify()
+        .unwrap();
     let alice = IdentityKeyPair::generate(rng);
     let mut a = Session::initiate(rng, &alice, &bundle).unwrap();
     let first = a.encrypt(b"hi").unwrap();
-    let confidant::Message::PreKey(m) = confidant::Message::from_bytes(&first).unwrap() else { panic!() };
+    let confidant::Message::PreKey(m) = confidant::Message::from_bytes(&first).unwrap() else {
+        panic!()
+    };
     let mut b = prekeys.accept(rng, &bob, &m).unwrap().session;
     let reply = b.encrypt(b"hi").unwrap();
     a.decrypt_bytes(rng, &reply).unwrap();
@@ -53,7 +63,7 @@ fn bench(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(42);
     let payload = [0x42u8; 100];
 
-    /// Encrypt + decrypt of 100 B in the same sending chain.
+    // Encrypt + decrypt of 100 B in the same sending chain.
     c.bench_function("session/encrypt+decrypt/100B", |bench| {
         let (mut a, mut b) = pair(&mut rng);
         let mut r = ChaCha20Rng::seed_from_u64(1);
@@ -64,23 +74,29 @@ fn bench(c: &mut Criterion) {
     });
 
     for skipped in [0usize, 2000] {
-        /// In-order decrypt of one 100 B message with `skipped` keys stored.
-        c.bench_function(&format!("session/decrypt/100B/skipped={skipped}"), |bench| {
-            let (a, b) = with_skipped(&mut rng, skipped);
-            let (a_snapshot, b_snapshot) = (a.snapshot(), b.snapshot());
-            let mut r = ChaCha20Rng::seed_from_u64(2);
-            // Both sides restart from the same state each time, so every measured decrypt is
-            // the next in-order message of the current chain; dropping the restored session
-            // (and its stored keys) happens outside the measurement.
-            bench.iter_batched_ref(
-                || {
-                    let wire = Session::restore(&a_snapshot).unwrap().encrypt(&payload).unwrap();
-                    (Session::restore(&b_snapshot).unwrap(), wire)
-                },
-                |(b, wire)| black_box(b.decrypt_bytes(&mut r, wire).unwrap()),
-                BatchSize::SmallInput,
-            );
-        });
+        // In-order decrypt of one 100 B message with `skipped` keys stored.
+        c.bench_function(
+            &format!("session/decrypt/100B/skipped={skipped}"),
+            |bench| {
+                let (a, b) = with_skipped(&mut rng, skipped);
+                let (a_snapshot, b_snapshot) = (a.snapshot(), b.snapshot());
+                let mut r = ChaCha20Rng::seed_from_u64(2);
+                // Both sides restart from the same state each time, so every measured decrypt is
+                // the next in-order message of the current chain; dropping the restored session
+                // (and its stored keys) happens outside the measurement.
+                bench.iter_batched_ref(
+                    || {
+                        let wire = Session::restore(&a_snapshot)
+                            .unwrap()
+                            .encrypt(&payload)
+                            .unwrap();
+                        (Session::restore(&b_snapshot).unwrap(), wire)
+                    },
+                    |(b, wire)| black_box(b.decrypt_bytes(&mut r, wire).unwrap()),
+                    BatchSize::SmallInput,
+                );
+            },
+        );
     }
 }
 

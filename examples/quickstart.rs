@@ -31,7 +31,13 @@ fn kind(wire: &[u8]) -> String {
         Ok(Message::Ratchet(_)) => "ratchet",
         Err(_) => "garbage",
     };
-    let tail: String = wire.iter().rev().take(6).rev().map(|b| format!("{b:02x}")).collect();
+    let tail: String = wire
+        .iter()
+        .rev()
+        .take(6)
+        .rev()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("{kind} msg, {} B ..{tail}", wire.len())
 }
 
@@ -47,13 +53,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let otks = bob_prekeys.generate_one_time_prekeys(&mut rng, 5)?;
     let upload = PreKeyUpload::new(bob.public(), bob_prekeys.signed_prekey(), otks).to_bytes();
     server.bob_keys = Some(DeviceKeys::register(&upload)?);
-    show("bob", "uploads identity + signed prekey + 5 OTKs", &format!("{} public bytes", upload.len()));
+    show(
+        "bob",
+        "uploads identity + signed prekey + 5 OTKs",
+        &format!("{} public bytes", upload.len()),
+    );
     // Bob persists his identity seed and `bob_prekeys.snapshot()`, then goes offline.
 
     // 2. Alice fetches a bundle (the server hands out each one-time prekey once).
-    let fetched = server.bob_keys.as_mut().ok_or("bob not registered")?.fetch_bundle();
+    let fetched = server
+        .bob_keys
+        .as_mut()
+        .ok_or("bob not registered")?
+        .fetch_bundle();
     let bundle_bytes = fetched.bundle.to_bytes();
-    show("alice", "fetches Bob's bundle", &format!("{} OTKs left, low stock: {}", fetched.remaining_one_time_prekeys, fetched.low_stock));
+    show(
+        "alice",
+        "fetches Bob's bundle",
+        &format!(
+            "{} OTKs left, low stock: {}",
+            fetched.remaining_one_time_prekeys, fetched.low_stock
+        ),
+    );
     let alice = IdentityKeyPair::generate(&mut rng);
     let bundle = PreKeyBundle::from_bytes(&bundle_bytes)?.verify()?;
     // In a real app Alice now checks bundle.identity_key() against what she trusts for Bob.
@@ -78,7 +99,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Message::PreKey(m), _) => {
                 let accepted = bob_prekeys.accept(&mut rng, &bob, m)?;
                 if let Some(id) = accepted.consumed_one_time_prekey {
-                    show("bob", &format!("accepts session, used one-time prekey {id}"), "-");
+                    show(
+                        "bob",
+                        &format!("accepts session, used one-time prekey {id}"),
+                        "-",
+                    );
                 }
                 bob_session = Some(accepted.session);
                 accepted.plaintext
@@ -86,7 +111,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Message::Ratchet(_), Some(s)) => s.decrypt(&mut rng, &message)?,
             (Message::Ratchet(_), None) => return Err("ratchet message without a session".into()),
         };
-        show("bob", &format!("reads {:?}", String::from_utf8_lossy(&plaintext)), "(delivered, deleted)");
+        show(
+            "bob",
+            &format!("reads {:?}", String::from_utf8_lossy(&plaintext)),
+            "(delivered, deleted)",
+        );
     }
     let bob_session = bob_session.as_mut().ok_or("no session")?;
 
@@ -96,17 +125,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     server.to_alice.push_back(wire);
     while let Some(wire) = server.to_alice.pop_front() {
         let plaintext = alice_session.decrypt_bytes(&mut rng, &wire)?;
-        show("alice", &format!("reads {:?}", String::from_utf8_lossy(&plaintext)), "(delivered, deleted)");
+        show(
+            "alice",
+            &format!("reads {:?}", String::from_utf8_lossy(&plaintext)),
+            "(delivered, deleted)",
+        );
     }
     let wire = alice_session.encrypt(b"Great, the ratchet is turning.")?;
-    show("alice", "sends \"Great, the ratchet is turning.\"", &kind(&wire));
+    show(
+        "alice",
+        "sends \"Great, the ratchet is turning.\"",
+        &kind(&wire),
+    );
     let plaintext = bob_session.decrypt_bytes(&mut rng, &wire)?;
-    show("bob", &format!("reads {:?}", String::from_utf8_lossy(&plaintext)), "(delivered, deleted)");
+    show(
+        "bob",
+        &format!("reads {:?}", String::from_utf8_lossy(&plaintext)),
+        "(delivered, deleted)",
+    );
 
     // 6. A replay by the server is rejected, and Bob's state is untouched.
     let before = bob_session.snapshot();
     let replay = bob_session.decrypt_bytes(&mut rng, &wire);
-    show("server", "replays Alice's last message", &format!("rejected: {}", replay.err().map(|e| e.to_string()).unwrap_or_default()));
+    show(
+        "server",
+        "replays Alice's last message",
+        &format!(
+            "rejected: {}",
+            replay.err().map(|e| e.to_string()).unwrap_or_default()
+        ),
+    );
     assert!(before == bob_session.snapshot());
 
     // 7. Restart: Bob's client restores from its persisted snapshot and keeps going.
@@ -114,7 +162,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut restored = Session::restore(&snapshot)?;
     let wire = alice_session.encrypt(b"Still there after your restart?")?;
     let plaintext = restored.decrypt_bytes(&mut rng, &wire)?;
-    show("bob", &format!("(restored, {} B snapshot) reads {:?}", snapshot.len(), String::from_utf8_lossy(&plaintext)), "(delivered, deleted)");
-    println!("\nThe server saw public keys, sizes and ciphertext; never a plaintext or a secret key.");
+    show(
+        "bob",
+        &format!(
+            "(restored, {} B snapshot) reads {:?}",
+            snapshot.len(),
+            String::from_utf8_lossy(&plaintext)
+        ),
+        "(delivered, deleted)",
+    );
+    println!(
+        "\nThe server saw public keys, sizes and ciphertext; never a plaintext or a secret key."
+    );
     Ok(())
 }

@@ -12,7 +12,13 @@ pub(crate) fn seal(key: &AeadKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let nonce = Nonce::<Aes256Gcm>::from(key.nonce);
     // Encryption fails only for inputs beyond GCM's 64 GiB bound, far above MAX_PLAINTEXT.
     cipher
-        .encrypt(&nonce, Payload { msg: plaintext, aad })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .unwrap_or_default()
 }
 
@@ -21,7 +27,13 @@ pub(crate) fn open(key: &AeadKey, aad: &[u8], ciphertext: &[u8]) -> Option<Zeroi
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(key.key));
     let nonce = Nonce::<Aes256Gcm>::from(key.nonce);
     cipher
-        .decrypt(&nonce, Payload { msg: ciphertext, aad })
+        .decrypt(
+            &nonce,
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
         .ok()
         .map(Zeroizing::new)
 }

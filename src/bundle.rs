@@ -22,7 +22,12 @@ impl SignedPreKeyPublic {
     /// [`PreKeyBundle::verify`], not here).
     #[must_use]
     pub fn new(id: u32, key: PublicKey, signature: [u8; 64], created_at: Timestamp) -> Self {
-        Self { id, key, signature, created_at }
+        Self {
+            id,
+            key,
+            signature,
+            created_at,
+        }
     }
 
     /// The prekey id.
@@ -67,8 +72,10 @@ impl SignedPreKeyPublic {
     pub(crate) fn from_proto(proto: &SignedPreKeyProto) -> Result<Self, DecodeError> {
         Ok(Self {
             id: proto.id,
-            key: PublicKey::from_bytes(&proto.public_key)
-                .map_err(|error| DecodeError::Key { field: "signed_prekey", error })?,
+            key: PublicKey::from_bytes(&proto.public_key).map_err(|error| DecodeError::Key {
+                field: "signed_prekey",
+                error,
+            })?,
             signature: codec::array(&proto.signature, "signed_prekey.signature")?,
             created_at: Timestamp(proto.created_at),
         })
@@ -102,14 +109,19 @@ impl OneTimePreKeyPublic {
     }
 
     pub(crate) fn to_proto(self) -> OneTimePreKeyProto {
-        OneTimePreKeyProto { id: self.id, public_key: self.key.to_bytes().to_vec() }
+        OneTimePreKeyProto {
+            id: self.id,
+            public_key: self.key.to_bytes().to_vec(),
+        }
     }
 
     pub(crate) fn from_proto(proto: &OneTimePreKeyProto) -> Result<Self, DecodeError> {
         Ok(Self {
             id: proto.id,
-            key: PublicKey::from_bytes(&proto.public_key)
-                .map_err(|error| DecodeError::Key { field: "one_time_prekey", error })?,
+            key: PublicKey::from_bytes(&proto.public_key).map_err(|error| DecodeError::Key {
+                field: "one_time_prekey",
+                error,
+            })?,
         })
     }
 }
@@ -131,7 +143,11 @@ impl PreKeyBundle {
         signed_prekey: SignedPreKeyPublic,
         one_time_prekey: Option<OneTimePreKeyPublic>,
     ) -> Self {
-        Self { identity_key, signed_prekey, one_time_prekey }
+        Self {
+            identity_key,
+            signed_prekey,
+            one_time_prekey,
+        }
     }
 
     /// Parses a bundle (leading byte `0x21`), validating every key but not the signature.
@@ -144,13 +160,27 @@ impl PreKeyBundle {
         if proto.kem_prekey.is_some() {
             return Err(DecodeError::Unsupported("kem_prekey"));
         }
-        let identity_key = IdentityKey::from_bytes(&proto.identity_key)
-            .map_err(|error| DecodeError::Key { field: "identity_key", error })?;
+        let identity_key =
+            IdentityKey::from_bytes(&proto.identity_key).map_err(|error| DecodeError::Key {
+                field: "identity_key",
+                error,
+            })?;
         let signed_prekey = SignedPreKeyPublic::from_proto(
-            proto.signed_prekey.as_ref().ok_or(DecodeError::InvalidField("signed_prekey"))?,
+            proto
+                .signed_prekey
+                .as_ref()
+                .ok_or(DecodeError::InvalidField("signed_prekey"))?,
         )?;
-        let one_time_prekey = proto.one_time_prekey.as_ref().map(OneTimePreKeyPublic::from_proto).transpose()?;
-        Ok(Self { identity_key, signed_prekey, one_time_prekey })
+        let one_time_prekey = proto
+            .one_time_prekey
+            .as_ref()
+            .map(OneTimePreKeyPublic::from_proto)
+            .transpose()?;
+        Ok(Self {
+            identity_key,
+            signed_prekey,
+            one_time_prekey,
+        })
     }
 
     /// The encoding (leading byte `0x21`).

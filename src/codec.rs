@@ -24,7 +24,10 @@ pub(crate) fn decode<M: prost::Message + Default>(
     limit: usize,
 ) -> Result<M, DecodeError> {
     if bytes.len() > limit {
-        return Err(DecodeError::TooLarge { len: bytes.len(), limit });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
     }
     let (&first, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     if first != expected {
@@ -48,6 +51,11 @@ pub(crate) fn encode_secret<M: prost::Message>(leading: u8, message: &M) -> Zero
 }
 
 /// A fixed-length byte field.
-pub(crate) fn array<const N: usize>(bytes: &[u8], field: &'static str) -> Result<[u8; N], DecodeError> {
-    bytes.try_into().map_err(|_| DecodeError::InvalidField(field))
+pub(crate) fn array<const N: usize>(
+    bytes: &[u8],
+    field: &'static str,
+) -> Result<[u8; N], DecodeError> {
+    bytes
+        .try_into()
+        .map_err(|_| DecodeError::InvalidField(field))
 }

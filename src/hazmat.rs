@@ -30,7 +30,9 @@ pub struct X3dhOutput {
 
 impl fmt::Debug for X3dhOutput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("X3dhOutput").field("dh_count", &self.dh.len()).finish_non_exhaustive()
+        f.debug_struct("X3dhOutput")
+            .field("dh_count", &self.dh.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,7 +60,10 @@ pub fn x3dh_initiate(
         &ephemeral,
         &bundle.identity_key(),
         &bundle.signed_prekey().key().to_bytes(),
-        bundle.one_time_prekey().map(|k| k.key().to_bytes()).as_ref(),
+        bundle
+            .one_time_prekey()
+            .map(|k| k.key().to_bytes())
+            .as_ref(),
         appendix,
     )
     .ok_or(HandshakeError::Unauthenticated)?;
@@ -182,7 +187,11 @@ impl Ratchet {
 
     /// `RatchetInitBob` with the signed prekey secret as `DHs`.
     #[must_use]
-    pub fn init_bob(shared_secret: &[u8; 32], associated_data: &[u8], signed_prekey_private: &[u8; 32]) -> Self {
+    pub fn init_bob(
+        shared_secret: &[u8; 32],
+        associated_data: &[u8],
+        signed_prekey_private: &[u8; 32],
+    ) -> Self {
         let sk = RootKey::from_bytes(*shared_secret);
         Self(ratchet::Ratchet::init_bob(
             &sk,
@@ -215,7 +224,10 @@ impl Ratchet {
         ciphertext: &[u8],
     ) -> Result<Opened, DecryptError> {
         let out = self.0.decrypt(rng, header, ciphertext)?;
-        Ok(Opened { plaintext: out.plaintext, message_key: Zeroizing::new(*out.message_key.as_bytes()) })
+        Ok(Opened {
+            plaintext: out.plaintext,
+            message_key: Zeroizing::new(*out.message_key.as_bytes()),
+        })
     }
 
     /// The spec-level state.

@@ -103,7 +103,10 @@ impl RootKey {
         let mut okm = [0u8; 64];
         hkdf(self.as_bytes(), dh_out, RK_INFO, &mut okm);
         let (rk, ck) = okm.split_at(32);
-        let out = (RootKey::from_bytes(to32(rk)), ChainKey::from_bytes(to32(ck)));
+        let out = (
+            RootKey::from_bytes(to32(rk)),
+            ChainKey::from_bytes(to32(ck)),
+        );
         okm.zeroize();
         out
     }
@@ -130,7 +133,10 @@ impl MessageKey {
     pub(crate) fn aead_key(&self) -> AeadKey {
         let mut okm = [0u8; 44];
         hkdf_zero_salt(self.as_bytes(), MK_INFO, &mut okm);
-        let mut out = AeadKey { key: [0; 32], nonce: [0; 12] };
+        let mut out = AeadKey {
+            key: [0; 32],
+            nonce: [0; 12],
+        };
         out.key.copy_from_slice(okm.get(..32).unwrap_or(&[0; 32]));
         out.nonce.copy_from_slice(okm.get(32..).unwrap_or(&[0; 12]));
         okm.zeroize();

@@ -76,7 +76,9 @@ impl IdentityKeyPair {
 
 impl fmt::Debug for IdentityKeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdentityKeyPair").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("IdentityKeyPair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,7 +99,9 @@ impl IdentityKey {
     /// [`KeyError`] if the bytes are not a canonical, valid, non-small-order Ed25519 point.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let ed: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length)?;
-        let point = CompressedEdwardsY(ed).decompress().ok_or(KeyError::Invalid)?;
+        let point = CompressedEdwardsY(ed)
+            .decompress()
+            .ok_or(KeyError::Invalid)?;
         if point.compress().to_bytes() != ed {
             return Err(KeyError::Invalid);
         }
@@ -137,7 +141,8 @@ impl IdentityKey {
         let Ok(vk) = VerifyingKey::from_bytes(&self.ed) else {
             return false;
         };
-        vk.verify_strict(message, &Signature::from_bytes(&sig)).is_ok()
+        vk.verify_strict(message, &Signature::from_bytes(&sig))
+            .is_ok()
     }
 }
 
@@ -245,7 +250,10 @@ mod tests {
     use super::*;
 
     fn unhex(s: &str) -> [u8; 32] {
-        let v: Vec<u8> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
+        let v: Vec<u8> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect();
         v.try_into().unwrap()
     }
 
@@ -270,8 +278,14 @@ mod tests {
             assert!(PublicKey::from_bytes(&unhex(b)).is_err(), "{b} accepted");
         }
         // p - 1 is canonical but of order 2 (u = -1); the first five are small order.
-        assert_eq!(PublicKey::from_bytes(&unhex(bad[4])), Err(KeyError::SmallOrder));
-        assert_eq!(PublicKey::from_bytes(&unhex(bad[5])), Err(KeyError::Invalid));
+        assert_eq!(
+            PublicKey::from_bytes(&unhex(bad[4])),
+            Err(KeyError::SmallOrder)
+        );
+        assert_eq!(
+            PublicKey::from_bytes(&unhex(bad[5])),
+            Err(KeyError::Invalid)
+        );
         assert_eq!(PublicKey::from_bytes(&[9u8; 31]), Err(KeyError::Length));
         let mut base = [0u8; 32];
         base[0] = 9;
@@ -282,7 +296,10 @@ mod tests {
     fn identity_dh_forms_agree() {
         let alice = IdentityKeyPair::from_seed(&[7u8; 32]);
         let secret = alice.dh_secret();
-        assert_eq!(PublicKey::from_secret(&secret).to_bytes(), alice.public().x25519());
+        assert_eq!(
+            PublicKey::from_secret(&secret).to_bytes(),
+            alice.public().x25519()
+        );
         let parsed = IdentityKey::from_bytes(&alice.public().to_bytes()).unwrap();
         assert_eq!(parsed, alice.public());
     }
@@ -292,11 +309,18 @@ mod tests {
         // Ed25519 identity point (0, 1) and a point of order 2 (0, -1).
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        assert_eq!(IdentityKey::from_bytes(&identity), Err(KeyError::SmallOrder));
+        assert_eq!(
+            IdentityKey::from_bytes(&identity),
+            Err(KeyError::SmallOrder)
+        );
         let minus_one = unhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
-        assert_eq!(IdentityKey::from_bytes(&minus_one), Err(KeyError::SmallOrder));
+        assert_eq!(
+            IdentityKey::from_bytes(&minus_one),
+            Err(KeyError::SmallOrder)
+        );
         // y = p + 1 encodes the identity non-canonically.
-        let non_canonical = unhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
+        let non_canonical =
+            unhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");
         assert!(IdentityKey::from_bytes(&non_canonical).is_err());
     }
 }

@@ -65,8 +65,8 @@ mod x3dh;
 
 pub use bundle::{OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic, VerifiedBundle};
 pub use error::{
-    BundleError, DecodeError, DecryptError, EncryptError, HandshakeError, KeyError, PreKeyError, RestoreError,
-    UploadError,
+    BundleError, DecodeError, DecryptError, EncryptError, HandshakeError, KeyError, PreKeyError,
+    RestoreError, UploadError,
 };
 pub use keys::{IdentityKey, IdentityKeyPair, PublicKey};
 pub use prekeys::{Accepted, PreKeys};

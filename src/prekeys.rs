@@ -12,8 +12,12 @@ use crate::bundle::{OneTimePreKeyPublic, SignedPreKeyPublic};
 use crate::codec::{self, PREKEYS_SNAPSHOT_V1};
 use crate::error::{HandshakeError, PreKeyError, RestoreError};
 use crate::keys::{self, IdentityKeyPair, PublicKey};
-use crate::limits::{MAX_ACCEPTED_BASE_KEYS, MAX_ONE_TIME_PREKEYS, MAX_SIGNED_PREKEYS, MAX_SNAPSHOT_BYTES};
-use crate::proto::{AcceptedBaseKeyProto, OneTimePreKeySecretProto, PreKeysProto, SignedPreKeySecretProto};
+use crate::limits::{
+    MAX_ACCEPTED_BASE_KEYS, MAX_ONE_TIME_PREKEYS, MAX_SIGNED_PREKEYS, MAX_SNAPSHOT_BYTES,
+};
+use crate::proto::{
+    AcceptedBaseKeyProto, OneTimePreKeySecretProto, PreKeysProto, SignedPreKeySecretProto,
+};
 use crate::session::Session;
 use crate::time::Timestamp;
 use crate::wire::PreKeyMessage;
@@ -65,7 +69,11 @@ pub struct PreKeys {
 
 impl PreKeys {
     /// A fresh set with signed prekey id 1 and no one-time prekeys.
-    pub fn new(rng: &mut (impl CryptoRng + ?Sized), identity: &IdentityKeyPair, now: Timestamp) -> Self {
+    pub fn new(
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        now: Timestamp,
+    ) -> Self {
         Self {
             current: new_signed(rng, identity, 1, now),
             retired: Vec::new(),
@@ -81,6 +89,19 @@ impl PreKeys {
     #[must_use]
     pub fn signed_prekey(&self) -> SignedPreKeyPublic {
         self.current.public
+    }
+
+    /// The next signed prekey id: increasing, wrapping from `u32::MAX` to 1 (never 0), and
+    /// skipping ids still held so that ids stay unique (PROTOCOL.md §3.3). At most
+    /// [`MAX_SIGNED_PREKEYS`] ids are held, so the loop ends within that many steps.
+    fn allocate_signed_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_signed_id;
+            self.next_signed_id = id.wrapping_add(1).max(1);
+            if id != 0 && self.signed_secret(id).is_none() {
+                return id;
+            }
+        }
     }
 
     fn signed_secret(&self, id: u32) -> Option<&StaticSecret> {
@@ -99,8 +120,7 @@ impl PreKeys {
         identity: &IdentityKeyPair,
         now: Timestamp,
     ) -> SignedPreKeyPublic {
-        let id = self.next_signed_id;
-        self.next_signed_id = id.wrapping_add(1).max(1);
+        let id = self.allocate_signed_id();
         let mut old = core::mem::replace(&mut self.current, new_signed(rng, identity, id, now));
         old.retired_at = Some(now);
         self.retired.push(old);
@@ -144,7 +164,10 @@ impl PreKeys {
         count: usize,
     ) -> Result<Vec<OneTimePreKeyPublic>, PreKeyError> {
         if self.one_time.len().saturating_add(count) > MAX_ONE_TIME_PREKEYS {
-            return Err(PreKeyError::TooMany { requested: count, limit: MAX_ONE_TIME_PREKEYS });
+            return Err(PreKeyError::TooMany {
+                requested: count,
+                limit: MAX_ONE_TIME_PREKEYS,
+            });
         }
         let mut out = Vec::with_capacity(count);
         while out.len() < count {
@@ -154,7 +177,10 @@ impl PreKeys {
                 continue;
             }
             let secret = keys::generate_x25519(rng);
-            out.push(OneTimePreKeyPublic::new(id, PublicKey::from_secret(&secret)));
+            out.push(OneTimePreKeyPublic::new(
+                id,
+                PublicKey::from_secret(&secret),
+            ));
             self.one_time.insert(id, secret);
         }
         Ok(out)
@@ -183,13 +209,19 @@ impl PreKeys {
         message: &PreKeyMessage,
     ) -> Result<Accepted, HandshakeError> {
         let spk_id = message.signed_prekey_id();
-        let signed = self.signed_secret(spk_id).ok_or(HandshakeError::UnknownSignedPreKey(spk_id))?;
+        let signed = self
+            .signed_secret(spk_id)
+            .ok_or(HandshakeError::UnknownSignedPreKey(spk_id))?;
         let replay_key = (spk_id, message.base_key().to_bytes());
         if self.accepted_set.contains(&replay_key) {
             return Err(HandshakeError::Replay);
         }
         let one_time = match message.one_time_prekey_id() {
-            Some(id) => Some(self.one_time.get(&id).ok_or(HandshakeError::UnknownOneTimePreKey(id))?),
+            Some(id) => Some(
+                self.one_time
+                    .get(&id)
+                    .ok_or(HandshakeError::UnknownOneTimePreKey(id))?,
+            ),
             None => None,
         };
         let (session, plaintext) = Session::respond(rng, identity, signed, one_time, message)?;
@@ -205,7 +237,11 @@ impl PreKeys {
                 self.accepted_set.remove(&old);
             }
         }
-        Ok(Accepted { session, plaintext, consumed_one_time_prekey: consumed })
+        Ok(Accepted {
+            session,
+            plaintext,
+            consumed_one_time_prekey: consumed,
+        })
     }
 
     /// A versioned snapshot of every secret (PROTOCOL.md §10.2). Store it encrypted at rest.
@@ -225,14 +261,20 @@ impl PreKeys {
             one_time_prekeys: self
                 .one_time
                 .iter()
-                .map(|(id, k)| OneTimePreKeySecretProto { id: *id, private_key: k.to_bytes().to_vec() })
+                .map(|(id, k)| OneTimePreKeySecretProto {
+                    id: *id,
+                    private_key: k.to_bytes().to_vec(),
+                })
                 .collect(),
             next_signed_prekey_id: self.next_signed_id,
             next_one_time_prekey_id: self.next_one_time_id,
             accepted_base_keys: self
                 .accepted
                 .iter()
-                .map(|(id, k)| AcceptedBaseKeyProto { signed_prekey_id: *id, base_key: k.to_vec() })
+                .map(|(id, k)| AcceptedBaseKeyProto {
+                    signed_prekey_id: *id,
+                    base_key: k.to_vec(),
+                })
                 .collect(),
         };
         codec::encode_secret(PREKEYS_SNAPSHOT_V1, &proto)
@@ -247,7 +289,13 @@ impl PreKeys {
         if proto.signed_prekeys.is_empty() || proto.signed_prekeys.len() > MAX_SIGNED_PREKEYS {
             return Err(RestoreError::Invariant("signed prekey count"));
         }
-        if proto.signed_prekeys.iter().filter(|s| s.retired_at.is_none()).count() != 1 {
+        if proto
+            .signed_prekeys
+            .iter()
+            .filter(|s| s.retired_at.is_none())
+            .count()
+            != 1
+        {
             return Err(RestoreError::Invariant("exactly one current signed prekey"));
         }
         let mut signed: Vec<SignedPreKeySecret> = Vec::with_capacity(proto.signed_prekeys.len());
@@ -257,9 +305,15 @@ impl PreKeys {
                 return Err(RestoreError::Invariant("duplicate signed prekey id"));
             }
             let secret = secret_from(&s.private_key, "signed prekey private key")?;
-            let signature = codec::array(&s.signature, "signature").map_err(|_| RestoreError::Invariant("signature"))?;
+            let signature = codec::array(&s.signature, "signature")
+                .map_err(|_| RestoreError::Invariant("signature"))?;
             let record = SignedPreKeySecret {
-                public: SignedPreKeyPublic::new(s.id, PublicKey::from_secret(&secret), signature, Timestamp(s.created_at)),
+                public: SignedPreKeyPublic::new(
+                    s.id,
+                    PublicKey::from_secret(&secret),
+                    signature,
+                    Timestamp(s.created_at),
+                ),
                 secret,
                 retired_at: s.retired_at.map(Timestamp),
             };
@@ -269,7 +323,8 @@ impl PreKeys {
                 signed.push(record);
             }
         }
-        let current = current.ok_or(RestoreError::Invariant("exactly one current signed prekey"))?;
+        let current =
+            current.ok_or(RestoreError::Invariant("exactly one current signed prekey"))?;
         if signed.iter().any(|s| s.public.id == current.public.id) {
             return Err(RestoreError::Invariant("duplicate signed prekey id"));
         }
@@ -292,7 +347,8 @@ impl PreKeys {
         let mut accepted = VecDeque::with_capacity(proto.accepted_base_keys.len());
         let mut accepted_set = HashSet::with_capacity(proto.accepted_base_keys.len());
         for a in &proto.accepted_base_keys {
-            let key = codec::array(&a.base_key, "base_key").map_err(|_| RestoreError::Invariant("accepted base key"))?;
+            let key = codec::array(&a.base_key, "base_key")
+                .map_err(|_| RestoreError::Invariant("accepted base key"))?;
             if !accepted_set.insert((a.signed_prekey_id, key)) {
                 return Err(RestoreError::Invariant("duplicate accepted base key"));
             }
@@ -325,14 +381,21 @@ fn new_signed(
     let secret = keys::generate_x25519(rng);
     let key = PublicKey::from_secret(&secret);
     let signature = identity.sign(&key.encode());
-    SignedPreKeySecret { public: SignedPreKeyPublic::new(id, key, signature, now), secret, retired_at: None }
+    SignedPreKeySecret {
+        public: SignedPreKeyPublic::new(id, key, signature, now),
+        secret,
+        retired_at: None,
+    }
 }
 
 impl fmt::Debug for PreKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PreKeys")
             .field("signed_prekey_id", &self.current.public.id)
-            .field("retired_signed_prekey_ids", &self.retired.iter().map(|s| s.public.id).collect::<Vec<_>>())
+            .field(
+                "retired_signed_prekey_ids",
+                &self.retired.iter().map(|s| s.public.id).collect::<Vec<_>>(),
+            )
             .field("one_time_prekeys", &self.one_time.len())
             .field("accepted_base_keys", &self.accepted.len())
             .finish_non_exhaustive()

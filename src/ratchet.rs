@@ -33,14 +33,21 @@ impl Header {
     }
 
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let bytes: &[u8; HEADER_LEN] =
-            bytes.try_into().map_err(|_| DecodeError::InvalidField("header"))?;
+        let bytes: &[u8; HEADER_LEN] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::InvalidField("header"))?;
         let (dh, counters) = bytes.split_at(32);
         let (pn, n) = counters.split_at(4);
         Ok(Self {
             dh: crate::kdf::to32(dh),
-            pn: u32::from_be_bytes(pn.try_into().map_err(|_| DecodeError::InvalidField("header"))?),
-            n: u32::from_be_bytes(n.try_into().map_err(|_| DecodeError::InvalidField("header"))?),
+            pn: u32::from_be_bytes(
+                pn.try_into()
+                    .map_err(|_| DecodeError::InvalidField("header"))?,
+            ),
+            n: u32::from_be_bytes(
+                n.try_into()
+                    .map_err(|_| DecodeError::InvalidField("header"))?,
+            ),
         })
     }
 }
@@ -127,7 +134,11 @@ impl Ratchet {
     }
 
     /// `RatchetInitBob` (PROTOCOL.md §5.1): `DHs = SPK_B`, `RK = SK`, no chains.
-    pub(crate) fn init_bob(shared_secret: &RootKey, ad: Vec<u8>, signed_prekey: StaticSecret) -> Self {
+    pub(crate) fn init_bob(
+        shared_secret: &RootKey,
+        ad: Vec<u8>,
+        signed_prekey: StaticSecret,
+    ) -> Self {
         Self {
             ad,
             root: shared_secret.duplicate(),
@@ -152,16 +163,28 @@ impl Ratchet {
     /// `RatchetEncrypt` (PROTOCOL.md §5.3).
     pub(crate) fn encrypt(&mut self, plaintext: &[u8]) -> Result<Encrypted, EncryptError> {
         if plaintext.len() > MAX_PLAINTEXT {
-            return Err(EncryptError::TooLarge { len: plaintext.len(), limit: MAX_PLAINTEXT });
+            return Err(EncryptError::TooLarge {
+                len: plaintext.len(),
+                limit: MAX_PLAINTEXT,
+            });
         }
         let cks = self.cks.as_ref().ok_or(EncryptError::NotReady)?;
         let next_ns = self.ns.checked_add(1).ok_or(EncryptError::ChainExhausted)?;
         let (message_key, next_ck) = cks.step();
-        let header = Header { dh: self.dhs.public, pn: self.pn, n: self.ns }.to_bytes();
+        let header = Header {
+            dh: self.dhs.public,
+            pn: self.pn,
+            n: self.ns,
+        }
+        .to_bytes();
         let ciphertext = aead::seal(&message_key.aead_key(), &self.aad(&header), plaintext);
         self.cks = Some(next_ck);
         self.ns = next_ns;
-        Ok(Encrypted { header, ciphertext, message_key })
+        Ok(Encrypted {
+            header,
+            ciphertext,
+            message_key,
+        })
     }
 
     /// `RatchetDecrypt` (PROTOCOL.md §5.4). Transactional: every new value is derived on the
@@ -182,11 +205,21 @@ impl Ratchet {
         if !(current_chain && header.n >= self.nr)
             && let Some(idx) = self.find_skipped(&header)
         {
-            let key = &self.skipped.get(idx).ok_or(DecryptError::Unauthenticated)?.key;
+            let key = &self
+                .skipped
+                .get(idx)
+                .ok_or(DecryptError::Unauthenticated)?
+                .key;
             let plaintext = aead::open(&key.aead_key(), &self.aad(header_bytes), ciphertext)
                 .ok_or(DecryptError::Unauthenticated)?;
-            let used = self.skipped.remove(idx).ok_or(DecryptError::Unauthenticated)?;
-            return Ok(Decrypted { plaintext, message_key: used.key });
+            let used = self
+                .skipped
+                .remove(idx)
+                .ok_or(DecryptError::Unauthenticated)?;
+            return Ok(Decrypted {
+                plaintext,
+                message_key: used.key,
+            });
         }
 
         if current_chain {
@@ -196,13 +229,17 @@ impl Ratchet {
             check_skip(self.nr, header.n)?;
             let ckr = self.ckr.as_ref().ok_or(DecryptError::Unauthenticated)?;
             let (skipped, message_key, next_ck) = derive_until(ckr, self.nr, header.n);
-            let plaintext = aead::open(&message_key.aead_key(), &self.aad(header_bytes), ciphertext)
-                .ok_or(DecryptError::Unauthenticated)?;
+            let plaintext =
+                aead::open(&message_key.aead_key(), &self.aad(header_bytes), ciphertext)
+                    .ok_or(DecryptError::Unauthenticated)?;
             // Commit.
             self.store_skipped(header.dh, skipped);
             self.ckr = Some(next_ck);
             self.nr = header.n.saturating_add(1);
-            return Ok(Decrypted { plaintext, message_key });
+            return Ok(Decrypted {
+                plaintext,
+                message_key,
+            });
         }
 
         // A new ratchet key: SkipMessageKeys(PN), DHRatchet, SkipMessageKeys(n).
@@ -212,7 +249,8 @@ impl Ratchet {
             (Some(ckr), Some(dhr)) => Some((*dhr, derive_skipped(ckr, self.nr, header.pn))),
             _ => None,
         };
-        let dh_recv = keys::dh(&self.dhs.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;
+        let dh_recv =
+            keys::dh(&self.dhs.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;
         let (root_mid, ckr_new) = self.root.step(&dh_recv);
         let (skipped, message_key, next_ck) = derive_until(&ckr_new, 0, header.n);
         let plaintext = aead::open(&message_key.aead_key(), &self.aad(header_bytes), ciphertext)
@@ -234,11 +272,16 @@ impl Ratchet {
         self.dhs = dhs_new;
         self.root = root_new;
         self.cks = Some(cks_new);
-        Ok(Decrypted { plaintext, message_key })
+        Ok(Decrypted {
+            plaintext,
+            message_key,
+        })
     }
 
     fn find_skipped(&self, header: &Header) -> Option<usize> {
-        self.skipped.iter().position(|s| s.n == header.n && s.dh == header.dh)
+        self.skipped
+            .iter()
+            .position(|s| s.n == header.n && s.dh == header.dh)
     }
 
     fn store_skipped(&mut self, dh: [u8; 32], keys: Vec<(u32, MessageKey)>) {
@@ -280,7 +323,11 @@ fn derive_skipped(ck: &ChainKey, from: u32, until: u32) -> Vec<(u32, MessageKey)
 }
 
 /// Skipped keys `from..n`, the key for `n`, and the chain key after `n`.
-fn derive_until(ck: &ChainKey, from: u32, n: u32) -> (Vec<(u32, MessageKey)>, MessageKey, ChainKey) {
+fn derive_until(
+    ck: &ChainKey,
+    from: u32,
+    n: u32,
+) -> (Vec<(u32, MessageKey)>, MessageKey, ChainKey) {
     let (skipped, ck) = skip_chain(ck, from, n);
     let (mk, next) = ck.step();
     (skipped, mk, next)
@@ -304,7 +351,9 @@ mod tests {
 
     /// Sends `count` messages from `tx` and returns them.
     fn burst(tx: &mut Ratchet, count: u32) -> Vec<Encrypted> {
-        (0..count).map(|i| tx.encrypt(&i.to_be_bytes()).unwrap()).collect()
+        (0..count)
+            .map(|i| tx.encrypt(&i.to_be_bytes()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -315,10 +364,16 @@ mod tests {
         for round in 0..3 {
             let msgs = burst(&mut alice, MAX_SKIP + 1);
             let last = msgs.last().unwrap();
-            bob.decrypt(&mut rng, &last.header, &last.ciphertext).unwrap();
-            assert_eq!(bob.skipped.len(), (usize::try_from(MAX_SKIP).unwrap() * (round + 1)).min(MAX_STORED_SKIPPED));
+            bob.decrypt(&mut rng, &last.header, &last.ciphertext)
+                .unwrap();
+            assert_eq!(
+                bob.skipped.len(),
+                (usize::try_from(MAX_SKIP).unwrap() * (round + 1)).min(MAX_STORED_SKIPPED)
+            );
             let reply = bob.encrypt(b"turn").unwrap();
-            alice.decrypt(&mut rng, &reply.header, &reply.ciphertext).unwrap();
+            alice
+                .decrypt(&mut rng, &reply.header, &reply.ciphertext)
+                .unwrap();
             chains.push(msgs);
         }
         assert_eq!(bob.skipped.len(), MAX_STORED_SKIPPED);
@@ -326,7 +381,10 @@ mod tests {
         // ratchet step against an old key) and leave the state unchanged.
         let old = &chains[0][0];
         let before_root = *bob.root.as_bytes();
-        assert_eq!(bob.decrypt(&mut rng, &old.header, &old.ciphertext).err(), Some(DecryptError::Unauthenticated));
+        assert_eq!(
+            bob.decrypt(&mut rng, &old.header, &old.ciphertext).err(),
+            Some(DecryptError::Unauthenticated)
+        );
         assert_eq!(*bob.root.as_bytes(), before_root);
         assert_eq!(bob.skipped.len(), MAX_STORED_SKIPPED);
         // The second and third chains' keys are all still there.
@@ -346,11 +404,16 @@ mod tests {
         // n = MAX_SKIP + 1 needs MAX_SKIP + 1 skipped keys: rejected; n = MAX_SKIP is accepted.
         let too_far = &msgs[usize::try_from(MAX_SKIP + 1).unwrap()];
         assert_eq!(
-            bob.decrypt(&mut rng, &too_far.header, &too_far.ciphertext).err(),
-            Some(DecryptError::TooFarAhead { gap: u64::from(MAX_SKIP + 1), limit: MAX_SKIP })
+            bob.decrypt(&mut rng, &too_far.header, &too_far.ciphertext)
+                .err(),
+            Some(DecryptError::TooFarAhead {
+                gap: u64::from(MAX_SKIP + 1),
+                limit: MAX_SKIP
+            })
         );
         let edge = &msgs[usize::try_from(MAX_SKIP).unwrap()];
-        bob.decrypt(&mut rng, &edge.header, &edge.ciphertext).unwrap();
+        bob.decrypt(&mut rng, &edge.header, &edge.ciphertext)
+            .unwrap();
         assert_eq!(bob.skipped.len(), usize::try_from(MAX_SKIP).unwrap());
     }
 
@@ -368,7 +431,11 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let h = Header { dh: [5u8; 32], pn: 0x0102_0304, n: u32::MAX };
+        let h = Header {
+            dh: [5u8; 32],
+            pn: 0x0102_0304,
+            n: u32::MAX,
+        };
         assert_eq!(Header::from_bytes(&h.to_bytes()).unwrap(), h);
         assert!(Header::from_bytes(&[0u8; 39]).is_err());
     }

@@ -7,7 +7,10 @@ use crate::bundle::{OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic};
 use crate::codec::{self, UPLOAD_V1};
 use crate::error::{DecodeError, UploadError};
 use crate::keys::IdentityKey;
-use crate::limits::{LOW_ONE_TIME_PREKEY_STOCK, MAX_SERVER_ONE_TIME_PREKEYS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ONE_TIME_PREKEYS};
+use crate::limits::{
+    LOW_ONE_TIME_PREKEY_STOCK, MAX_SERVER_ONE_TIME_PREKEYS, MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_ONE_TIME_PREKEYS,
+};
 use crate::proto::PreKeyUploadProto;
 
 /// What a device uploads to the key server: its identity key, current signed prekey and a
@@ -27,7 +30,11 @@ impl PreKeyUpload {
         signed_prekey: SignedPreKeyPublic,
         one_time_prekeys: Vec<OneTimePreKeyPublic>,
     ) -> Self {
-        Self { identity_key, signed_prekey, one_time_prekeys }
+        Self {
+            identity_key,
+            signed_prekey,
+            one_time_prekeys,
+        }
     }
 
     /// The encoding (leading byte `0x22`).
@@ -59,10 +66,16 @@ impl PreKeyUpload {
                 limit: MAX_UPLOAD_ONE_TIME_PREKEYS,
             });
         }
-        let identity_key = IdentityKey::from_bytes(&proto.identity_key)
-            .map_err(|error| DecodeError::Key { field: "identity_key", error })?;
+        let identity_key =
+            IdentityKey::from_bytes(&proto.identity_key).map_err(|error| DecodeError::Key {
+                field: "identity_key",
+                error,
+            })?;
         let signed_prekey = SignedPreKeyPublic::from_proto(
-            proto.signed_prekey.as_ref().ok_or(DecodeError::InvalidField("signed_prekey"))?,
+            proto
+                .signed_prekey
+                .as_ref()
+                .ok_or(DecodeError::InvalidField("signed_prekey"))?,
         )?;
         if !signed_prekey.verify(&identity_key) {
             return Err(UploadError::Unauthenticated);
@@ -76,7 +89,11 @@ impl PreKeyUpload {
             }
             one_time_prekeys.push(key);
         }
-        Ok(Self { identity_key, signed_prekey, one_time_prekeys })
+        Ok(Self {
+            identity_key,
+            signed_prekey,
+            one_time_prekeys,
+        })
     }
 
     /// The identity key.
@@ -136,8 +153,9 @@ impl DeviceKeys {
         Ok(out)
     }
 
-    /// Applies a later upload from the same device: a newer signed prekey (larger id) replaces
-    /// the current one (the same one may be repeated), and one-time prekeys are added.
+    /// Applies a later upload from the same device: a newer signed prekey replaces the current
+    /// one (the same one may be repeated), and one-time prekeys are added. "Newer" is RFC 1982
+    /// serial-number order on the u32 id, so ids may wrap (PROTOCOL.md §7.2).
     /// Atomic: on error nothing changes.
     ///
     /// # Errors
@@ -150,8 +168,11 @@ impl DeviceKeys {
         }
         let spk = upload.signed_prekey;
         let current = self.signed_prekey;
-        if spk.id() < current.id() || (spk.id() == current.id() && spk != current) {
-            return Err(UploadError::StaleSignedPreKey { id: spk.id(), current: current.id() });
+        if !(is_newer(spk.id(), current.id()) || spk == current) {
+            return Err(UploadError::StaleSignedPreKey {
+                id: spk.id(),
+                current: current.id(),
+            });
         }
         let mut next = self.clone();
         next.signed_prekey = spk;
@@ -163,7 +184,10 @@ impl DeviceKeys {
     fn add_one_time(&mut self, keys: &[OneTimePreKeyPublic]) -> Result<(), UploadError> {
         let count = self.one_time.len().saturating_add(keys.len());
         if count > MAX_SERVER_ONE_TIME_PREKEYS {
-            return Err(UploadError::TooMany { count, limit: MAX_SERVER_ONE_TIME_PREKEYS });
+            return Err(UploadError::TooMany {
+                count,
+                limit: MAX_SERVER_ONE_TIME_PREKEYS,
+            });
         }
         let stocked: HashSet<u32> = self.one_time.iter().map(OneTimePreKeyPublic::id).collect();
         if let Some(dup) = keys.iter().find(|k| stocked.contains(&k.id())) {
@@ -221,9 +245,19 @@ impl DeviceKeys {
         let rest = core::mem::take(&mut first.one_time_prekeys);
         let mut out = Self::register(&codec::encode(UPLOAD_V1, &first))?;
         for chunk in rest.chunks(MAX_UPLOAD_ONE_TIME_PREKEYS) {
-            let part = PreKeyUploadProto { one_time_prekeys: chunk.to_vec(), ..first.clone() };
+            let part = PreKeyUploadProto {
+                one_time_prekeys: chunk.to_vec(),
+                ..first.clone()
+            };
             out.apply_upload(&codec::encode(UPLOAD_V1, &part))?;
         }
         Ok(out)
     }
+}
+
+/// RFC 1982 serial-number comparison on 32-bit ids: `id` is newer than `current` if it is ahead
+/// by 1 to 2^31 - 1 steps, counting modulo 2^32. Lets signed prekey ids wrap around.
+fn is_newer(id: u32, current: u32) -> bool {
+    let ahead = id.wrapping_sub(current);
+    ahead != 0 && ahead < 1 << 31
 }

@@ -120,12 +120,18 @@ impl Session {
         )
         .ok_or(HandshakeError::Unauthenticated)?;
         let spk_copy = StaticSecret::from(signed_prekey.to_bytes());
-        let mut ratchet = Ratchet::init_bob(&agreement.shared_secret, agreement.associated_data.clone(), spk_copy);
+        let mut ratchet = Ratchet::init_bob(
+            &agreement.shared_secret,
+            agreement.associated_data.clone(),
+            spk_copy,
+        );
         let inner = &message.message;
-        let decrypted = ratchet.decrypt(rng, &inner.header, &inner.ciphertext).map_err(|e| match e {
-            DecryptError::Unauthenticated => HandshakeError::Unauthenticated,
-            other => HandshakeError::FirstMessage(other),
-        })?;
+        let decrypted = ratchet
+            .decrypt(rng, &inner.header, &inner.ciphertext)
+            .map_err(|e| match e {
+                DecryptError::Unauthenticated => HandshakeError::Unauthenticated,
+                other => HandshakeError::FirstMessage(other),
+            })?;
         let session = Self {
             ratchet,
             handshake: message.handshake,
@@ -147,7 +153,10 @@ impl Session {
     /// [`EncryptError`]; the session is unchanged.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, EncryptError> {
         let out = self.ratchet.encrypt(plaintext)?;
-        let message = RatchetMessage { header: out.header, ciphertext: out.ciphertext };
+        let message = RatchetMessage {
+            header: out.header,
+            ciphertext: out.ciphertext,
+        };
         Ok(match self.pending {
             Some(p) => PreKeyMessage {
                 handshake: self.handshake,
@@ -184,7 +193,9 @@ impl Session {
                 &m.message
             }
         };
-        let out = self.ratchet.decrypt(rng, &inner.header, &inner.ciphertext)?;
+        let out = self
+            .ratchet
+            .decrypt(rng, &inner.header, &inner.ciphertext)?;
         // A reply proves the responder has the session: stop sending the initial data.
         if self.role == Role::Initiator {
             self.pending = None;
@@ -300,14 +311,21 @@ impl Session {
     /// # Errors
     /// [`RestoreError`] naming the violated invariant.
     pub fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
-        let mut proto: SessionProto = codec::decode(bytes, SESSION_SNAPSHOT_V1, MAX_SNAPSHOT_BYTES)?;
-        let handshake = Handshake::from_code(proto.handshake).ok_or(RestoreError::Invariant("handshake"))?;
-        let role = if proto.initiator { Role::Initiator } else { Role::Responder };
-        let local_identity =
-            IdentityKey::from_bytes(&proto.local_identity).map_err(|_| RestoreError::Invariant("local_identity"))?;
-        let remote_identity =
-            IdentityKey::from_bytes(&proto.remote_identity).map_err(|_| RestoreError::Invariant("remote_identity"))?;
-        let base_key = PublicKey::from_bytes(&proto.base_key).map_err(|_| RestoreError::Invariant("base_key"))?;
+        let mut proto: SessionProto =
+            codec::decode(bytes, SESSION_SNAPSHOT_V1, MAX_SNAPSHOT_BYTES)?;
+        let handshake =
+            Handshake::from_code(proto.handshake).ok_or(RestoreError::Invariant("handshake"))?;
+        let role = if proto.initiator {
+            Role::Initiator
+        } else {
+            Role::Responder
+        };
+        let local_identity = IdentityKey::from_bytes(&proto.local_identity)
+            .map_err(|_| RestoreError::Invariant("local_identity"))?;
+        let remote_identity = IdentityKey::from_bytes(&proto.remote_identity)
+            .map_err(|_| RestoreError::Invariant("remote_identity"))?;
+        let base_key = PublicKey::from_bytes(&proto.base_key)
+            .map_err(|_| RestoreError::Invariant("base_key"))?;
         let pending = proto.pending.as_ref().map(|p| Pending {
             signed_prekey_id: p.signed_prekey_id,
             one_time_prekey_id: p.one_time_prekey_id,
@@ -315,7 +333,10 @@ impl Session {
         if pending.is_some() && role != Role::Initiator {
             return Err(RestoreError::Invariant("pending only for the initiator"));
         }
-        let r = proto.ratchet.take().ok_or(RestoreError::Invariant("ratchet"))?;
+        let r = proto
+            .ratchet
+            .take()
+            .ok_or(RestoreError::Invariant("ratchet"))?;
         let (initiator, responder) = match role {
             Role::Initiator => (&local_identity, &remote_identity),
             Role::Responder => (&remote_identity, &local_identity),
@@ -330,14 +351,26 @@ impl Session {
         // A session can always send, and always knows the peer's ratchet key: the initiator's
         // from the bundle, the responder's from the first message (PROTOCOL.md §5.1).
         if ratchet.cks.is_none() || ratchet.dhr.is_none() {
-            return Err(RestoreError::Invariant("sending chain and remote ratchet key"));
+            return Err(RestoreError::Invariant(
+                "sending chain and remote ratchet key",
+            ));
         }
         // The initiator repeats its initial data exactly until it has received something.
         let received = ratchet.ckr.is_some();
-        if (role == Role::Initiator && pending.is_some() == received) || (role == Role::Responder && !received) {
+        if (role == Role::Initiator && pending.is_some() == received)
+            || (role == Role::Responder && !received)
+        {
             return Err(RestoreError::Invariant("pending initial data"));
         }
-        Ok(Self { ratchet, handshake, role, local_identity, remote_identity, base_key, pending })
+        Ok(Self {
+            ratchet,
+            handshake,
+            role,
+            local_identity,
+            remote_identity,
+            base_key,
+            pending,
+        })
     }
 }
 
@@ -347,10 +380,17 @@ fn key32(bytes: &[u8], field: &'static str) -> Result<[u8; 32], RestoreError> {
 
 fn restore_ratchet(r: &RatchetProto) -> Result<Ratchet, RestoreError> {
     let root = RootKey::from_bytes(key32(&r.root_key, "root_key")?);
-    let mut dhs_bytes = Zeroizing::new(key32(&r.sending_ratchet_private, "sending_ratchet_private")?);
+    let mut dhs_bytes = Zeroizing::new(key32(
+        &r.sending_ratchet_private,
+        "sending_ratchet_private",
+    )?);
     let dhs = RatchetKeyPair::from_secret(StaticSecret::from(*dhs_bytes));
     dhs_bytes.as_mut().fill(0);
-    let dhr = r.remote_ratchet_public.as_deref().map(|k| key32(k, "remote_ratchet_public")).transpose()?;
+    let dhr = r
+        .remote_ratchet_public
+        .as_deref()
+        .map(|k| key32(k, "remote_ratchet_public"))
+        .transpose()?;
     let cks = r
         .sending_chain_key
         .as_deref()
@@ -362,7 +402,9 @@ fn restore_ratchet(r: &RatchetProto) -> Result<Ratchet, RestoreError> {
         .map(|k| key32(k, "receiving_chain_key").map(ChainKey::from_bytes))
         .transpose()?;
     if ckr.is_some() && dhr.is_none() {
-        return Err(RestoreError::Invariant("receiving chain without remote ratchet key"));
+        return Err(RestoreError::Invariant(
+            "receiving chain without remote ratchet key",
+        ));
     }
     if ckr.is_none() && r.nr != 0 {
         return Err(RestoreError::Invariant("nr without receiving chain"));
@@ -371,7 +413,9 @@ fn restore_ratchet(r: &RatchetProto) -> Result<Ratchet, RestoreError> {
         return Err(RestoreError::Invariant("counters without sending chain"));
     }
     if r.skipped.len() > MAX_STORED_SKIPPED {
-        return Err(RestoreError::Invariant("skipped keys exceed MAX_STORED_SKIPPED"));
+        return Err(RestoreError::Invariant(
+            "skipped keys exceed MAX_STORED_SKIPPED",
+        ));
     }
     let mut seen = HashSet::with_capacity(r.skipped.len());
     let mut skipped = VecDeque::with_capacity(r.skipped.len());
@@ -381,7 +425,11 @@ fn restore_ratchet(r: &RatchetProto) -> Result<Ratchet, RestoreError> {
             return Err(RestoreError::Invariant("duplicate skipped key"));
         }
         let key = MessageKey::from_bytes(key32(&s.message_key, "skipped.message_key")?);
-        skipped.push_back(Skipped { dh, n: s.counter, key });
+        skipped.push_back(Skipped {
+            dh,
+            n: s.counter,
+            key,
+        });
     }
     Ok(Ratchet {
         ad: r.associated_data.clone(),

@@ -52,8 +52,13 @@ impl Message {
         match bytes.first() {
             Some(&PREKEY_MESSAGE_V1) => PreKeyMessage::from_bytes(bytes).map(Message::PreKey),
             Some(&RATCHET_MESSAGE_V1) => RatchetMessage::from_bytes(bytes).map(Message::Ratchet),
-            Some(&other) if bytes.len() <= MAX_MESSAGE_BYTES => Err(DecodeError::UnsupportedVersion(other)),
-            Some(_) => Err(DecodeError::TooLarge { len: bytes.len(), limit: MAX_MESSAGE_BYTES }),
+            Some(&other) if bytes.len() <= MAX_MESSAGE_BYTES => {
+                Err(DecodeError::UnsupportedVersion(other))
+            }
+            Some(_) => Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                limit: MAX_MESSAGE_BYTES,
+            }),
             None => Err(DecodeError::Empty),
         }
     }
@@ -81,7 +86,8 @@ impl RatchetMessage {
     /// # Errors
     /// [`DecodeError`] on malformed input.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let proto: RatchetMessageProto = codec::decode(bytes, RATCHET_MESSAGE_V1, MAX_MESSAGE_BYTES)?;
+        let proto: RatchetMessageProto =
+            codec::decode(bytes, RATCHET_MESSAGE_V1, MAX_MESSAGE_BYTES)?;
         Self::from_proto(proto)
     }
 
@@ -90,11 +96,17 @@ impl RatchetMessage {
         if proto.ciphertext.len() < MIN_CIPHERTEXT {
             return Err(DecodeError::InvalidField("ciphertext"));
         }
-        Ok(Self { header, ciphertext: proto.ciphertext })
+        Ok(Self {
+            header,
+            ciphertext: proto.ciphertext,
+        })
     }
 
     fn to_proto(&self) -> RatchetMessageProto {
-        RatchetMessageProto { header: self.header.to_vec(), ciphertext: self.ciphertext.clone() }
+        RatchetMessageProto {
+            header: self.header.to_vec(),
+            ciphertext: self.ciphertext.clone(),
+        }
     }
 
     /// The encoding (leading byte `0x12`).
@@ -144,7 +156,8 @@ impl PreKeyMessage {
     /// post-quantum fields (not supported by this version).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let proto: PreKeyMessageProto = codec::decode(bytes, PREKEY_MESSAGE_V1, MAX_MESSAGE_BYTES)?;
-        let handshake = Handshake::from_code(proto.handshake).ok_or(DecodeError::InvalidField("handshake"))?;
+        let handshake =
+            Handshake::from_code(proto.handshake).ok_or(DecodeError::InvalidField("handshake"))?;
         // PROTOCOL.md §6.2: an X3DH initial message carries no KEM fields.
         if proto.kem_prekey_id.is_some() {
             return Err(DecodeError::Unsupported("kem_prekey_id"));
@@ -152,11 +165,18 @@ impl PreKeyMessage {
         if proto.kem_ciphertext.is_some() {
             return Err(DecodeError::Unsupported("kem_ciphertext"));
         }
-        let identity_key = IdentityKey::from_bytes(&proto.identity_key)
-            .map_err(|error| DecodeError::Key { field: "identity_key", error })?;
+        let identity_key =
+            IdentityKey::from_bytes(&proto.identity_key).map_err(|error| DecodeError::Key {
+                field: "identity_key",
+                error,
+            })?;
         let base_key =
-            PublicKey::from_bytes(&proto.base_key).map_err(|error| DecodeError::Key { field: "base_key", error })?;
-        let message = RatchetMessage::from_proto(proto.message.ok_or(DecodeError::InvalidField("message"))?)?;
+            PublicKey::from_bytes(&proto.base_key).map_err(|error| DecodeError::Key {
+                field: "base_key",
+                error,
+            })?;
+        let message =
+            RatchetMessage::from_proto(proto.message.ok_or(DecodeError::InvalidField("message"))?)?;
         Ok(Self {
             handshake,
             identity_key,

@@ -17,14 +17,22 @@
 //! Regenerate our own vectors (a protocol change: say so in the CHANGELOG) with
 //! `cargo test --test vectors -- --ignored regenerate`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
 use confidant::hazmat::{self, Ratchet};
-use confidant::{DecryptError, IdentityKey, IdentityKeyPair, PreKeyBundle, PublicKey, SignedPreKeyPublic, Timestamp};
+use confidant::{
+    DecryptError, IdentityKey, IdentityKeyPair, PreKeyBundle, PublicKey, SignedPreKeyPublic,
+    Timestamp,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_core::{Rng, TryCryptoRng, TryRng};
@@ -36,12 +44,17 @@ const PROFILE: &str = "x3dh-dr-ed25519-x25519-sha256-aesgcm/v1";
 // Helpers
 
 fn h(v: &Value, key: &str) -> Vec<u8> {
-    let s = v.get(key).and_then(Value::as_str).unwrap_or_else(|| panic!("missing hex field {key}"));
+    let s = v
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("missing hex field {key}"));
     hex::decode(s).unwrap_or_else(|e| panic!("{key}: {e}"))
 }
 
 fn h32(v: &Value, key: &str) -> [u8; 32] {
-    h(v, key).try_into().unwrap_or_else(|_| panic!("{key} is not 32 bytes"))
+    h(v, key)
+        .try_into()
+        .unwrap_or_else(|_| panic!("{key} is not 32 bytes"))
 }
 
 fn opt32(v: &Value, key: &str) -> Option<[u8; 32]> {
@@ -52,7 +65,10 @@ fn opt32(v: &Value, key: &str) -> Option<[u8; 32]> {
 }
 
 fn name(v: &Value) -> String {
-    v.get("name").and_then(Value::as_str).unwrap_or("<unnamed>").to_owned()
+    v.get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>")
+        .to_owned()
 }
 
 /// Serves a fixed list of 32-byte values, in order; asking for more, or for anything but
@@ -65,7 +81,11 @@ struct ScriptedRng {
 
 impl ScriptedRng {
     fn new(keys: Vec<[u8; 32]>, label: String) -> Self {
-        Self { keys, next: 0, label }
+        Self {
+            keys,
+            next: 0,
+            label,
+        }
     }
     fn remaining(&self) -> usize {
         self.keys.len() - self.next
@@ -81,8 +101,16 @@ impl TryRng for ScriptedRng {
         panic!("{}: unexpected next_u64", self.label)
     }
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        assert_eq!(dst.len(), 32, "{}: randomness requested in a size other than 32", self.label);
-        let key = self.keys.get(self.next).unwrap_or_else(|| panic!("{}: more ratchet keys used than listed", self.label));
+        assert_eq!(
+            dst.len(),
+            32,
+            "{}: randomness requested in a size other than 32",
+            self.label
+        );
+        let key = self
+            .keys
+            .get(self.next)
+            .unwrap_or_else(|| panic!("{}: more ratchet keys used than listed", self.label));
         dst.copy_from_slice(key);
         self.next += 1;
         Ok(())
@@ -149,20 +177,46 @@ fn check_x3dh(v: &Value) {
     let n = name(v);
     let alice = IdentityKeyPair::from_seed(&h32(v, "alice_identity_seed"));
     let bob = IdentityKeyPair::from_seed(&h32(v, "bob_identity_seed"));
-    assert_eq!(alice.public().to_bytes(), h32(v, "alice_identity_public"), "{n}: alice_identity_public");
-    assert_eq!(bob.public().to_bytes(), h32(v, "bob_identity_public"), "{n}: bob_identity_public");
+    assert_eq!(
+        alice.public().to_bytes(),
+        h32(v, "alice_identity_public"),
+        "{n}: alice_identity_public"
+    );
+    assert_eq!(
+        bob.public().to_bytes(),
+        h32(v, "bob_identity_public"),
+        "{n}: bob_identity_public"
+    );
     let ek_priv = h32(v, "alice_ephemeral_private");
-    assert_eq!(hazmat::x25519_public(&ek_priv), h32(v, "alice_ephemeral_public"), "{n}: alice_ephemeral_public");
+    assert_eq!(
+        hazmat::x25519_public(&ek_priv),
+        h32(v, "alice_ephemeral_public"),
+        "{n}: alice_ephemeral_public"
+    );
     let spk_priv = h32(v, "bob_signed_prekey_private");
     let spk_pub = h32(v, "bob_signed_prekey_public");
-    assert_eq!(hazmat::x25519_public(&spk_priv), spk_pub, "{n}: bob_signed_prekey_public");
+    assert_eq!(
+        hazmat::x25519_public(&spk_priv),
+        spk_pub,
+        "{n}: bob_signed_prekey_public"
+    );
     let spk = PublicKey::from_bytes(&spk_pub).unwrap();
-    let sig: [u8; 64] = h(v, "bob_signed_prekey_signature").try_into().expect("signature is 64 bytes");
+    let sig: [u8; 64] = h(v, "bob_signed_prekey_signature")
+        .try_into()
+        .expect("signature is 64 bytes");
     let opk_priv = opt32(v, "bob_one_time_prekey_private");
     let opk_pub = opt32(v, "bob_one_time_prekey_public");
-    assert_eq!(opk_priv.is_some(), opk_pub.is_some(), "{n}: one-time prekey private/public presence");
+    assert_eq!(
+        opk_priv.is_some(),
+        opk_pub.is_some(),
+        "{n}: one-time prekey private/public presence"
+    );
     if let (Some(p), Some(q)) = (opk_priv, opk_pub) {
-        assert_eq!(hazmat::x25519_public(&p), q, "{n}: bob_one_time_prekey_public");
+        assert_eq!(
+            hazmat::x25519_public(&p),
+            q,
+            "{n}: bob_one_time_prekey_public"
+        );
     }
     let appendix = match v.get("associated_data_appendix") {
         None | Some(Value::Null) => Vec::new(),
@@ -175,31 +229,76 @@ fn check_x3dh(v: &Value) {
     );
 
     if let Some(err) = v.get("expect_error") {
-        assert_eq!(err.as_str(), Some("invalid_signature"), "{n}: unknown expect_error");
-        assert!(v.get("expected").is_none() || v["expected"].is_null(), "{n}: expected present with expect_error");
-        assert_ne!(sig, hazmat::sign_prekey(&bob, &spk), "{n}: signature is the valid one");
-        assert_eq!(bundle.verify(), Err(confidant::BundleError::Unauthenticated), "{n}: bundle must not verify");
+        assert_eq!(
+            err.as_str(),
+            Some("invalid_signature"),
+            "{n}: unknown expect_error"
+        );
+        assert!(
+            v.get("expected").is_none() || v["expected"].is_null(),
+            "{n}: expected present with expect_error"
+        );
+        assert_ne!(
+            sig,
+            hazmat::sign_prekey(&bob, &spk),
+            "{n}: signature is the valid one"
+        );
+        assert_eq!(
+            bundle.verify(),
+            Err(confidant::BundleError::Unauthenticated),
+            "{n}: bundle must not verify"
+        );
         return;
     }
-    assert_eq!(sig, hazmat::sign_prekey(&bob, &spk), "{n}: signature is not the deterministic RFC 8032 one");
-    let verified = bundle.verify().unwrap_or_else(|e| panic!("{n}: bundle did not verify: {e}"));
+    assert_eq!(
+        sig,
+        hazmat::sign_prekey(&bob, &spk),
+        "{n}: signature is not the deterministic RFC 8032 one"
+    );
+    let verified = bundle
+        .verify()
+        .unwrap_or_else(|e| panic!("{n}: bundle did not verify: {e}"));
     let exp = &v["expected"];
     let a = hazmat::x3dh_initiate(&alice, &ek_priv, &verified, &appendix).unwrap();
     let ek_pub = PublicKey::from_bytes(&hazmat::x25519_public(&ek_priv)).unwrap();
-    let b = hazmat::x3dh_respond(&bob, &spk_priv, opk_priv.as_ref(), &alice.public(), &ek_pub, &appendix).unwrap();
+    let b = hazmat::x3dh_respond(
+        &bob,
+        &spk_priv,
+        opk_priv.as_ref(),
+        &alice.public(),
+        &ek_pub,
+        &appendix,
+    )
+    .unwrap();
     for (side, out) in [("alice", &a), ("bob", &b)] {
-        assert_eq!(out.shared_secret, h32(exp, "shared_secret"), "{n}: shared_secret ({side})");
-        assert_eq!(out.associated_data, h(exp, "associated_data"), "{n}: associated_data ({side})");
+        assert_eq!(
+            out.shared_secret,
+            h32(exp, "shared_secret"),
+            "{n}: shared_secret ({side})"
+        );
+        assert_eq!(
+            out.associated_data,
+            h(exp, "associated_data"),
+            "{n}: associated_data ({side})"
+        );
         for (i, key) in ["dh1", "dh2", "dh3", "dh4"].iter().enumerate() {
             if let Some(expected) = opt32(exp, key) {
                 assert_eq!(out.dh.get(i), Some(&expected), "{n}: {key} ({side})");
             } else if exp.get(*key).is_some() {
-                assert_eq!(out.dh.len(), i, "{n}: {key} is null but was computed ({side})");
+                assert_eq!(
+                    out.dh.len(),
+                    i,
+                    "{n}: {key} is null but was computed ({side})"
+                );
             }
         }
     }
     if let Some(x) = opt32(exp, "alice_identity_x25519_public") {
-        assert_eq!(alice.public().x25519(), x, "{n}: alice_identity_x25519_public");
+        assert_eq!(
+            alice.public().x25519(),
+            x,
+            "{n}: alice_identity_x25519_public"
+        );
     }
     if let Some(x) = opt32(exp, "bob_identity_x25519_public") {
         assert_eq!(bob.public().x25519(), x, "{n}: bob_identity_x25519_public");
@@ -223,7 +322,12 @@ fn keys_list(v: &Value, key: &str) -> Vec<[u8; 32]> {
         .as_array()
         .unwrap_or_else(|| panic!("{key} missing"))
         .iter()
-        .map(|x| hex::decode(x.as_str().unwrap()).unwrap().try_into().unwrap())
+        .map(|x| {
+            hex::decode(x.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -236,19 +340,45 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
     let ad = h(v, "associated_data");
     let spk_priv = h32(v, "bob_signed_prekey_private");
     if let Some(x) = v.get("x3dh_vector").and_then(Value::as_str) {
-        let x3 = x3dh_by_name.get(x).unwrap_or_else(|| panic!("{n}: x3dh_vector {x} not found"));
-        assert_eq!(sk, h32(&x3["expected"], "shared_secret"), "{n}: SK differs from x3dh vector {x}");
-        assert_eq!(ad, h(&x3["expected"], "associated_data"), "{n}: AD differs from x3dh vector {x}");
-        assert_eq!(spk_priv, h32(x3, "bob_signed_prekey_private"), "{n}: SPK differs from x3dh vector {x}");
+        let x3 = x3dh_by_name
+            .get(x)
+            .unwrap_or_else(|| panic!("{n}: x3dh_vector {x} not found"));
+        assert_eq!(
+            sk,
+            h32(&x3["expected"], "shared_secret"),
+            "{n}: SK differs from x3dh vector {x}"
+        );
+        assert_eq!(
+            ad,
+            h(&x3["expected"], "associated_data"),
+            "{n}: AD differs from x3dh vector {x}"
+        );
+        assert_eq!(
+            spk_priv,
+            h32(x3, "bob_signed_prekey_private"),
+            "{n}: SPK differs from x3dh vector {x}"
+        );
     }
-    let mut alice_rng = ScriptedRng::new(keys_list(v, "alice_ratchet_privates"), format!("{n}: alice"));
+    let mut alice_rng = ScriptedRng::new(
+        keys_list(v, "alice_ratchet_privates"),
+        format!("{n}: alice"),
+    );
     let mut bob_rng = ScriptedRng::new(keys_list(v, "bob_ratchet_privates"), format!("{n}: bob"));
-    let mut alice = Ratchet::init_alice(&mut alice_rng, &sk, &ad, &hazmat::x25519_public(&spk_priv)).unwrap();
+    let mut alice =
+        Ratchet::init_alice(&mut alice_rng, &sk, &ad, &hazmat::x25519_public(&spk_priv)).unwrap();
     let mut bob = Ratchet::init_bob(&sk, &ad, &spk_priv);
     // id -> (header, ciphertext, plaintext)
     let mut sent: HashMap<String, SentMessage> = HashMap::new();
-    let events = v["events"].as_array().unwrap_or_else(|| panic!("{n}: events"));
-    assert_eq!(events.first().map(|e| (e["op"].as_str(), e["from"].as_str())), Some((Some("send"), Some("alice"))), "{n}: first event must be Alice's send");
+    let events = v["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{n}: events"));
+    assert_eq!(
+        events
+            .first()
+            .map(|e| (e["op"].as_str(), e["from"].as_str())),
+        Some((Some("send"), Some("alice"))),
+        "{n}: first event must be Alice's send"
+    );
     for (i, e) in events.iter().enumerate() {
         let ctx = format!("{n}: event {i}");
         match e["op"].as_str() {
@@ -259,11 +389,25 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
                     other => panic!("{ctx}: bad sender {other:?}"),
                 };
                 let pt = h(e, "plaintext");
-                let out = r.encrypt(&pt).unwrap_or_else(|err| panic!("{ctx}: encrypt: {err}"));
-                assert_eq!(hex::encode(out.header), e["header"].as_str().unwrap(), "{ctx}: header");
-                assert_eq!(hex::encode(&out.ciphertext), e["ciphertext"].as_str().unwrap(), "{ctx}: ciphertext");
+                let out = r
+                    .encrypt(&pt)
+                    .unwrap_or_else(|err| panic!("{ctx}: encrypt: {err}"));
+                assert_eq!(
+                    hex::encode(out.header),
+                    e["header"].as_str().unwrap(),
+                    "{ctx}: header"
+                );
+                assert_eq!(
+                    hex::encode(&out.ciphertext),
+                    e["ciphertext"].as_str().unwrap(),
+                    "{ctx}: ciphertext"
+                );
                 if e.get("message_key").is_some() {
-                    assert_eq!(*out.message_key, h32(e, "message_key"), "{ctx}: message_key");
+                    assert_eq!(
+                        *out.message_key,
+                        h32(e, "message_key"),
+                        "{ctx}: message_key"
+                    );
                 }
                 sent.insert(id.to_owned(), (out.header.to_vec(), out.ciphertext, pt));
             }
@@ -274,7 +418,10 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
                     other => panic!("{ctx}: bad recipient {other:?}"),
                 };
                 let (header, ct, pt) = match e.get("id").and_then(Value::as_str) {
-                    Some(id) if e.get("header").is_none() => sent.get(id).cloned().unwrap_or_else(|| panic!("{ctx}: unknown id {id}")),
+                    Some(id) if e.get("header").is_none() => sent
+                        .get(id)
+                        .cloned()
+                        .unwrap_or_else(|| panic!("{ctx}: unknown id {id}")),
                     _ => (h(e, "header"), h(e, "ciphertext"), Vec::new()),
                 };
                 let before = r.state().root_key;
@@ -292,15 +439,27 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
             other => panic!("{ctx}: unknown op {other:?}"),
         }
     }
-    assert_eq!(alice_rng.remaining(), 0, "{n}: alice_ratchet_privates lists unused keys");
-    assert_eq!(bob_rng.remaining(), 0, "{n}: bob_ratchet_privates lists unused keys");
+    assert_eq!(
+        alice_rng.remaining(),
+        0,
+        "{n}: alice_ratchet_privates lists unused keys"
+    );
+    assert_eq!(
+        bob_rng.remaining(),
+        0,
+        "{n}: bob_ratchet_privates lists unused keys"
+    );
     if let Some(fs) = v.get("final_state") {
         for (party, r) in [("alice", &alice), ("bob", &bob)] {
             let Some(exp) = fs.get(party) else { continue };
             let st = r.state();
             let check = |key: &str, actual: Option<[u8; 32]>| {
                 if let Some(x) = exp.get(key) {
-                    assert_eq!(actual.map(hex::encode), x.as_str().map(str::to_owned), "{n}: final_state.{party}.{key}");
+                    assert_eq!(
+                        actual.map(hex::encode),
+                        x.as_str().map(str::to_owned),
+                        "{n}: final_state.{party}.{key}"
+                    );
                 }
             };
             check("root_key", Some(st.root_key));
@@ -310,7 +469,11 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
             check("remote_ratchet_public", st.remote_ratchet_public);
             for (key, actual) in [("ns", st.ns), ("nr", st.nr), ("pn", st.pn)] {
                 if let Some(x) = exp.get(key) {
-                    assert_eq!(x.as_u64(), Some(u64::from(actual)), "{n}: final_state.{party}.{key}");
+                    assert_eq!(
+                        x.as_u64(),
+                        Some(u64::from(actual)),
+                        "{n}: final_state.{party}.{key}"
+                    );
                 }
             }
         }
@@ -358,7 +521,10 @@ fn independent_known_answer_vectors() {
     let dir = kat_dir();
     if !dir.exists() {
         // CI asserts the directory exists before running the tests (.ci/run).
-        eprintln!("skipping: {} not found (set CONFIDANT_KAT_DIR)", dir.display());
+        eprintln!(
+            "skipping: {} not found (set CONFIDANT_KAT_DIR)",
+            dir.display()
+        );
         return;
     }
     let (nx, nr) = run_dir(&dir);
@@ -403,7 +569,9 @@ fn gen_x3dh(case: &X3dhCase) -> Value {
     let mut sig = hazmat::sign_prekey(&bob, &spk);
     match case.bad_signature {
         Some("flipped_bit") => sig[17] ^= 0x04,
-        Some("other_identity") => sig = hazmat::sign_prekey(&IdentityKeyPair::from_seed(&rand32(&mut rng)), &spk),
+        Some("other_identity") => {
+            sig = hazmat::sign_prekey(&IdentityKeyPair::from_seed(&rand32(&mut rng)), &spk)
+        }
         _ => {}
     }
     let opk = case.one_time.then(|| hazmat::x25519_public(&opk_priv));
@@ -463,13 +631,25 @@ fn pt(s: &str) -> Vec<u8> {
 }
 
 fn gen_conversation(name: &'static str, steps: &[Step]) -> (Value, Value) {
-    let x3 = gen_x3dh(&X3dhCase { name, one_time: true, appendix: b"", bad_signature: None });
+    let x3 = gen_x3dh(&X3dhCase {
+        name,
+        one_time: true,
+        appendix: b"",
+        bad_signature: None,
+    });
     let sk = h32(&x3["expected"], "shared_secret");
     let ad = h(&x3["expected"], "associated_data");
     let spk_priv = h32(&x3, "bob_signed_prekey_private");
-    let mut arng = RecordingRng { inner: seeded(&format!("{name}/alice")), drawn: Vec::new() };
-    let mut brng = RecordingRng { inner: seeded(&format!("{name}/bob")), drawn: Vec::new() };
-    let mut alice = Ratchet::init_alice(&mut arng, &sk, &ad, &hazmat::x25519_public(&spk_priv)).unwrap();
+    let mut arng = RecordingRng {
+        inner: seeded(&format!("{name}/alice")),
+        drawn: Vec::new(),
+    };
+    let mut brng = RecordingRng {
+        inner: seeded(&format!("{name}/bob")),
+        drawn: Vec::new(),
+    };
+    let mut alice =
+        Ratchet::init_alice(&mut arng, &sk, &ad, &hazmat::x25519_public(&spk_priv)).unwrap();
     let mut bob = Ratchet::init_bob(&sk, &ad, &spk_priv);
     let mut sent: HashMap<&str, ([u8; 40], Vec<u8>)> = HashMap::new();
     let mut events = Vec::new();
@@ -477,7 +657,11 @@ fn gen_conversation(name: &'static str, steps: &[Step]) -> (Value, Value) {
     for step in steps {
         match step {
             Send(from, id, plaintext) => {
-                let r = if *from == "alice" { &mut alice } else { &mut bob };
+                let r = if *from == "alice" {
+                    &mut alice
+                } else {
+                    &mut bob
+                };
                 let out = r.encrypt(plaintext).unwrap();
                 events.push(json!({"op": "send", "from": from, "id": id, "plaintext": hex::encode(plaintext),
                     "header": hex::encode(out.header), "ciphertext": hex::encode(&out.ciphertext),
@@ -485,28 +669,53 @@ fn gen_conversation(name: &'static str, steps: &[Step]) -> (Value, Value) {
                 sent.insert(id, (out.header, out.ciphertext));
             }
             Recv(to, id) | Dup(to, id) => {
-                let (r, rng) = if *to == "alice" { (&mut alice, &mut arng) } else { (&mut bob, &mut brng) };
+                let (r, rng) = if *to == "alice" {
+                    (&mut alice, &mut arng)
+                } else {
+                    (&mut bob, &mut brng)
+                };
                 let (hd, ct) = &sent[id];
                 let res = r.decrypt(rng, hd, ct);
                 if matches!(step, Dup(..)) {
-                    assert!(matches!(res, Err(DecryptError::Duplicate { .. })), "{name}: {id} duplicate: {:?}", res.err());
-                    events.push(json!({"op": "recv", "to": to, "id": id, "expect_error": "duplicate"}));
+                    assert!(
+                        matches!(res, Err(DecryptError::Duplicate { .. })),
+                        "{name}: {id} duplicate: {:?}",
+                        res.err()
+                    );
+                    events.push(
+                        json!({"op": "recv", "to": to, "id": id, "expect_error": "duplicate"}),
+                    );
                 } else {
                     res.unwrap_or_else(|e| panic!("{name}: recv {id}: {e}"));
                     events.push(json!({"op": "recv", "to": to, "id": id}));
                 }
             }
             Tamper(to, id, part, byte, bit) => {
-                let (r, rng) = if *to == "alice" { (&mut alice, &mut arng) } else { (&mut bob, &mut brng) };
+                let (r, rng) = if *to == "alice" {
+                    (&mut alice, &mut arng)
+                } else {
+                    (&mut bob, &mut brng)
+                };
                 let (mut hd, mut ct) = sent[id].clone();
-                if *part == 'h' { hd[*byte] ^= 1 << bit } else { ct[*byte] ^= 1 << bit }
+                if *part == 'h' {
+                    hd[*byte] ^= 1 << bit
+                } else {
+                    ct[*byte] ^= 1 << bit
+                }
                 let res = r.decrypt(rng, &hd, &ct);
-                assert!(matches!(res, Err(DecryptError::Unauthenticated)), "{name}: tamper {id}");
+                assert!(
+                    matches!(res, Err(DecryptError::Unauthenticated)),
+                    "{name}: tamper {id}"
+                );
                 events.push(json!({"op": "recv", "to": to, "header": hex::encode(hd), "ciphertext": hex::encode(&ct),
                     "expect_error": "auth_failed", "note": format!("flip bit {bit} of {} byte {byte} of {id}", if *part == 'h' { "header" } else { "ciphertext" })}));
             }
             Counters(to, id, pn, n, new_key, note) => {
-                let (r, rng) = if *to == "alice" { (&mut alice, &mut arng) } else { (&mut bob, &mut brng) };
+                let (r, rng) = if *to == "alice" {
+                    (&mut alice, &mut arng)
+                } else {
+                    (&mut bob, &mut brng)
+                };
                 let (mut hd, ct) = sent[id].clone();
                 if *new_key {
                     hd[..32].copy_from_slice(&hazmat::x25519_public(&rand32(&mut fresh)));
@@ -514,7 +723,11 @@ fn gen_conversation(name: &'static str, steps: &[Step]) -> (Value, Value) {
                 hd[32..36].copy_from_slice(&pn.to_be_bytes());
                 hd[36..].copy_from_slice(&n.to_be_bytes());
                 let res = r.decrypt(rng, &hd, &ct);
-                let kind = error_kind(res.as_ref().err().unwrap_or_else(|| panic!("{name}: {note} decrypted")));
+                let kind = error_kind(
+                    res.as_ref()
+                        .err()
+                        .unwrap_or_else(|| panic!("{name}: {note} decrypted")),
+                );
                 events.push(json!({"op": "recv", "to": to, "header": hex::encode(hd), "ciphertext": hex::encode(&ct),
                     "expect_error": kind, "note": note}));
             }
@@ -546,79 +759,205 @@ fn gen_conversation(name: &'static str, steps: &[Step]) -> (Value, Value) {
 
 fn conversations() -> Vec<(&'static str, Vec<Step>)> {
     vec![
-        ("conv-in-order", vec![
-            Send("alice", "a0", pt("hello bob")), Recv("bob", "a0"),
-            Send("bob", "b0", pt("hi alice")), Recv("alice", "b0"),
-            Send("alice", "a1", pt("how are you?")), Send("alice", "a2", Vec::new()),
-            Recv("bob", "a1"), Recv("bob", "a2"),
-            Send("bob", "b1", pt("fine")), Send("bob", "b2", (0u8..=255).collect()),
-            Recv("alice", "b1"), Recv("alice", "b2"),
-            Send("alice", "a3", pt("bye")), Recv("bob", "a3"),
-        ]),
-        ("conv-out-of-order", vec![
-            Send("alice", "a0", pt("m0")), Send("alice", "a1", pt("m1")), Send("alice", "a2", pt("m2")),
-            Send("alice", "a3", pt("m3")),
-            Recv("bob", "a3"), Recv("bob", "a1"),
-            Send("bob", "b0", pt("r0")), Send("bob", "b1", pt("r1")), Send("bob", "b2", pt("r2")),
-            Recv("alice", "b2"), Recv("alice", "b0"),
-            Recv("bob", "a0"), Recv("bob", "a2"),
-            Send("alice", "a4", pt("m4")), Recv("bob", "a4"),
-            Recv("alice", "b1"),
-            Send("bob", "b3", pt("r3")), Recv("alice", "b3"),
-        ]),
-        ("conv-skip-across-ratchet", vec![
-            Send("alice", "a0", pt("x0")), Send("alice", "a1", pt("x1")), Send("alice", "a2", pt("x2")),
-            Recv("bob", "a0"),
-            Send("bob", "b0", pt("y0")), Send("bob", "b1", pt("y1")),
-            Recv("alice", "b1"),
-            Send("alice", "a3", pt("x3")), Send("alice", "a4", pt("x4")),
-            Recv("bob", "a4"),
-            Recv("bob", "a2"), Recv("bob", "a1"), Recv("bob", "a3"),
-            Recv("alice", "b0"),
-            Send("bob", "b2", pt("y2")), Recv("alice", "b2"),
-        ]),
-        ("conv-duplicate", vec![
-            Send("alice", "a0", pt("first")), Recv("bob", "a0"), Dup("bob", "a0"),
-            Send("alice", "a1", pt("second")), Send("alice", "a2", pt("third")),
-            Recv("bob", "a2"), Recv("bob", "a1"), Dup("bob", "a1"), Dup("bob", "a2"),
-            Send("bob", "b0", pt("reply")), Recv("alice", "b0"), Dup("alice", "b0"),
-            Send("alice", "a3", pt("fourth")), Recv("bob", "a3"),
-        ]),
-        ("conv-auth-failed", vec![
-            Send("alice", "a0", pt("first")),
-            Tamper("bob", "a0", 'c', 0, 0), Tamper("bob", "a0", 'h', 39, 0), Tamper("bob", "a0", 'h', 5, 3),
-            Recv("bob", "a0"),
-            Send("bob", "b0", pt("second")),
-            Tamper("alice", "b0", 'c', 21, 7), Tamper("alice", "b0", 'h', 35, 1), Tamper("alice", "b0", 'h', 0, 0),
-            Recv("alice", "b0"),
-            Send("alice", "a1", pt("third")), Send("alice", "a2", pt("fourth")),
-            Recv("bob", "a2"), Tamper("bob", "a1", 'c', 3, 2), Recv("bob", "a1"),
-            Send("bob", "b1", pt("fifth")), Recv("alice", "b1"),
-        ]),
-        ("conv-too-many-skipped", vec![
-            Send("alice", "a0", pt("first")), Recv("bob", "a0"),
-            Send("alice", "a1", pt("second")),
-            Counters("bob", "a1", 0, 1002, false, "n = Nr + MAX_SKIP + 1 in the current chain"),
-            Counters("bob", "a1", 0, u32::MAX, false, "n = u32::MAX in the current chain"),
-            Recv("bob", "a1"),
-            Send("bob", "b0", pt("third")), Recv("alice", "b0"),
-            Send("alice", "a2", pt("fourth")),
-            Counters("bob", "a2", 1003, 0, false, "new ratchet key with pn = Nr + MAX_SKIP + 1"),
-            Counters("bob", "a2", 0, 1001, false, "new ratchet key with n = MAX_SKIP + 1"),
-            Counters("bob", "a2", u32::MAX, u32::MAX, true, "unknown ratchet key with pn = n = u32::MAX"),
-            Recv("bob", "a2"),
-            Send("bob", "b1", pt("fifth")), Recv("alice", "b1"),
-        ]),
+        (
+            "conv-in-order",
+            vec![
+                Send("alice", "a0", pt("hello bob")),
+                Recv("bob", "a0"),
+                Send("bob", "b0", pt("hi alice")),
+                Recv("alice", "b0"),
+                Send("alice", "a1", pt("how are you?")),
+                Send("alice", "a2", Vec::new()),
+                Recv("bob", "a1"),
+                Recv("bob", "a2"),
+                Send("bob", "b1", pt("fine")),
+                Send("bob", "b2", (0u8..=255).collect()),
+                Recv("alice", "b1"),
+                Recv("alice", "b2"),
+                Send("alice", "a3", pt("bye")),
+                Recv("bob", "a3"),
+            ],
+        ),
+        (
+            "conv-out-of-order",
+            vec![
+                Send("alice", "a0", pt("m0")),
+                Send("alice", "a1", pt("m1")),
+                Send("alice", "a2", pt("m2")),
+                Send("alice", "a3", pt("m3")),
+                Recv("bob", "a3"),
+                Recv("bob", "a1"),
+                Send("bob", "b0", pt("r0")),
+                Send("bob", "b1", pt("r1")),
+                Send("bob", "b2", pt("r2")),
+                Recv("alice", "b2"),
+                Recv("alice", "b0"),
+                Recv("bob", "a0"),
+                Recv("bob", "a2"),
+                Send("alice", "a4", pt("m4")),
+                Recv("bob", "a4"),
+                Recv("alice", "b1"),
+                Send("bob", "b3", pt("r3")),
+                Recv("alice", "b3"),
+            ],
+        ),
+        (
+            "conv-skip-across-ratchet",
+            vec![
+                Send("alice", "a0", pt("x0")),
+                Send("alice", "a1", pt("x1")),
+                Send("alice", "a2", pt("x2")),
+                Recv("bob", "a0"),
+                Send("bob", "b0", pt("y0")),
+                Send("bob", "b1", pt("y1")),
+                Recv("alice", "b1"),
+                Send("alice", "a3", pt("x3")),
+                Send("alice", "a4", pt("x4")),
+                Recv("bob", "a4"),
+                Recv("bob", "a2"),
+                Recv("bob", "a1"),
+                Recv("bob", "a3"),
+                Recv("alice", "b0"),
+                Send("bob", "b2", pt("y2")),
+                Recv("alice", "b2"),
+            ],
+        ),
+        (
+            "conv-duplicate",
+            vec![
+                Send("alice", "a0", pt("first")),
+                Recv("bob", "a0"),
+                Dup("bob", "a0"),
+                Send("alice", "a1", pt("second")),
+                Send("alice", "a2", pt("third")),
+                Recv("bob", "a2"),
+                Recv("bob", "a1"),
+                Dup("bob", "a1"),
+                Dup("bob", "a2"),
+                Send("bob", "b0", pt("reply")),
+                Recv("alice", "b0"),
+                Dup("alice", "b0"),
+                Send("alice", "a3", pt("fourth")),
+                Recv("bob", "a3"),
+            ],
+        ),
+        (
+            "conv-auth-failed",
+            vec![
+                Send("alice", "a0", pt("first")),
+                Tamper("bob", "a0", 'c', 0, 0),
+                Tamper("bob", "a0", 'h', 39, 0),
+                Tamper("bob", "a0", 'h', 5, 3),
+                Recv("bob", "a0"),
+                Send("bob", "b0", pt("second")),
+                Tamper("alice", "b0", 'c', 21, 7),
+                Tamper("alice", "b0", 'h', 35, 1),
+                Tamper("alice", "b0", 'h', 0, 0),
+                Recv("alice", "b0"),
+                Send("alice", "a1", pt("third")),
+                Send("alice", "a2", pt("fourth")),
+                Recv("bob", "a2"),
+                Tamper("bob", "a1", 'c', 3, 2),
+                Recv("bob", "a1"),
+                Send("bob", "b1", pt("fifth")),
+                Recv("alice", "b1"),
+            ],
+        ),
+        (
+            "conv-too-many-skipped",
+            vec![
+                Send("alice", "a0", pt("first")),
+                Recv("bob", "a0"),
+                Send("alice", "a1", pt("second")),
+                Counters(
+                    "bob",
+                    "a1",
+                    0,
+                    1002,
+                    false,
+                    "n = Nr + MAX_SKIP + 1 in the current chain",
+                ),
+                Counters(
+                    "bob",
+                    "a1",
+                    0,
+                    u32::MAX,
+                    false,
+                    "n = u32::MAX in the current chain",
+                ),
+                Recv("bob", "a1"),
+                Send("bob", "b0", pt("third")),
+                Recv("alice", "b0"),
+                Send("alice", "a2", pt("fourth")),
+                Counters(
+                    "bob",
+                    "a2",
+                    1003,
+                    0,
+                    false,
+                    "new ratchet key with pn = Nr + MAX_SKIP + 1",
+                ),
+                Counters(
+                    "bob",
+                    "a2",
+                    0,
+                    1001,
+                    false,
+                    "new ratchet key with n = MAX_SKIP + 1",
+                ),
+                Counters(
+                    "bob",
+                    "a2",
+                    u32::MAX,
+                    u32::MAX,
+                    true,
+                    "unknown ratchet key with pn = n = u32::MAX",
+                ),
+                Recv("bob", "a2"),
+                Send("bob", "b1", pt("fifth")),
+                Recv("alice", "b1"),
+            ],
+        ),
     ]
 }
 
 const X3DH_CASES: &[X3dhCase] = &[
-    X3dhCase { name: "x3dh-with-one-time-prekey", one_time: true, appendix: b"", bad_signature: None },
-    X3dhCase { name: "x3dh-without-one-time-prekey", one_time: false, appendix: b"", bad_signature: None },
-    X3dhCase { name: "x3dh-with-ad-appendix", one_time: true, appendix: b"alice@example.org|bob@example.org", bad_signature: None },
-    X3dhCase { name: "x3dh-with-ad-appendix-without-one-time-prekey", one_time: false, appendix: b"device 7 -> device 3", bad_signature: None },
-    X3dhCase { name: "x3dh-rejects-flipped-signature-bit", one_time: true, appendix: b"", bad_signature: Some("flipped_bit") },
-    X3dhCase { name: "x3dh-rejects-signature-by-other-identity", one_time: false, appendix: b"", bad_signature: Some("other_identity") },
+    X3dhCase {
+        name: "x3dh-with-one-time-prekey",
+        one_time: true,
+        appendix: b"",
+        bad_signature: None,
+    },
+    X3dhCase {
+        name: "x3dh-without-one-time-prekey",
+        one_time: false,
+        appendix: b"",
+        bad_signature: None,
+    },
+    X3dhCase {
+        name: "x3dh-with-ad-appendix",
+        one_time: true,
+        appendix: b"alice@example.org|bob@example.org",
+        bad_signature: None,
+    },
+    X3dhCase {
+        name: "x3dh-with-ad-appendix-without-one-time-prekey",
+        one_time: false,
+        appendix: b"device 7 -> device 3",
+        bad_signature: None,
+    },
+    X3dhCase {
+        name: "x3dh-rejects-flipped-signature-bit",
+        one_time: true,
+        appendix: b"",
+        bad_signature: Some("flipped_bit"),
+    },
+    X3dhCase {
+        name: "x3dh-rejects-signature-by-other-identity",
+        one_time: false,
+        appendix: b"",
+        bad_signature: Some("other_identity"),
+    },
 ];
 
 #[test]
@@ -633,7 +972,11 @@ fn regenerate() {
     }
     let write = |file: &str, ty: &str, vectors: Vec<Value>| {
         let doc = json!({"profile": PROFILE, "type": ty, "vectors": vectors});
-        std::fs::write(our_dir().join(file), serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
+        std::fs::write(
+            our_dir().join(file),
+            serde_json::to_string_pretty(&doc).unwrap() + "\n",
+        )
+        .unwrap();
     };
     write("x3dh.json", "x3dh", x3dh);
     write("double_ratchet.json", "double_ratchet", convs);

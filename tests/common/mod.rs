@@ -1,11 +1,17 @@
 //! Shared helpers for the integration tests: deterministic devices, bundles, message routing,
 //! and a tiny protobuf reader/writer for crafting hostile wire bytes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 #![allow(dead_code)]
 
 use confidant::{
-    Accepted, DecodeError, DecryptError, HandshakeError, IdentityKeyPair, Message, OneTimePreKeyPublic, PreKeyBundle,
-    PreKeyMessage, PreKeys, Session, Timestamp, VerifiedBundle,
+    Accepted, DecodeError, DecryptError, HandshakeError, IdentityKeyPair, Message,
+    OneTimePreKeyPublic, PreKeyBundle, PreKeyMessage, PreKeys, Session, Timestamp, VerifiedBundle,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -34,14 +40,20 @@ impl Device {
     pub(crate) fn new(rng: &mut ChaCha20Rng, one_time: usize) -> (Self, Vec<OneTimePreKeyPublic>) {
         let identity = IdentityKeyPair::generate(rng);
         let mut prekeys = PreKeys::new(rng, &identity, NOW);
-        let otks = prekeys.generate_one_time_prekeys(rng, one_time).expect("generate one-time prekeys");
+        let otks = prekeys
+            .generate_one_time_prekeys(rng, one_time)
+            .expect("generate one-time prekeys");
         (Self { identity, prekeys }, otks)
     }
 
     /// This device's current bundle with an optional one-time prekey, serialised, parsed and
     /// verified against the expected identity, as an initiator would.
     pub(crate) fn bundle(&self, one_time: Option<OneTimePreKeyPublic>) -> VerifiedBundle {
-        let bundle = PreKeyBundle::new(self.identity.public(), self.prekeys.signed_prekey(), one_time);
+        let bundle = PreKeyBundle::new(
+            self.identity.public(),
+            self.prekeys.signed_prekey(),
+            one_time,
+        );
         PreKeyBundle::from_bytes(&bundle.to_bytes())
             .expect("bundle decodes")
             .verify_for(&self.identity.public())
@@ -49,7 +61,11 @@ impl Device {
     }
 
     /// Accepts an initial message given as wire bytes.
-    pub(crate) fn accept_wire(&mut self, rng: &mut ChaCha20Rng, wire: &[u8]) -> Result<Accepted, HandshakeError> {
+    pub(crate) fn accept_wire(
+        &mut self,
+        rng: &mut ChaCha20Rng,
+        wire: &[u8],
+    ) -> Result<Accepted, HandshakeError> {
         let m = prekey(wire);
         self.prekeys.accept(rng, &self.identity, &m)
     }
@@ -83,15 +99,8 @@ pub(crate) fn is_ratchet(wire: &[u8]) -> bool {
     matches!(Message::from_bytes(wire), Ok(Message::Ratchet(_)))
 }
 
-/// The ratchet key and counter of a message's (inner) ratchet header.
-pub(crate) fn header_info(wire: &[u8]) -> ([u8; 32], u32) {
-    match Message::from_bytes(wire).expect("message decodes") {
-        Message::PreKey(m) => (m.message().ratchet_key(), m.message().counter()),
-        Message::Ratchet(m) => (m.ratchet_key(), m.counter()),
-    }
-}
-
 /// What a responder did with a received message.
+#[allow(clippy::large_enum_variant)] // test-only; a Session is large by design
 pub(crate) enum Routed {
     /// Decrypted by an existing session.
     Session(Vec<u8>),
@@ -118,28 +127,31 @@ pub(crate) fn bob_receive(
 ) -> Result<Routed, RecvError> {
     let message = Message::from_bytes(wire).map_err(RecvError::Decode)?;
     match (&message, session) {
-        (Message::PreKey(m), Some(s)) if s.owns(m) => {
-            s.decrypt(rng, &message).map(|p| Routed::Session(p.to_vec())).map_err(RecvError::Decrypt)
-        }
-        (Message::PreKey(m), _) => {
-            bob.prekeys.accept(rng, &bob.identity, m).map(Routed::Accepted).map_err(RecvError::Handshake)
-        }
-        (Message::Ratchet(_), Some(s)) => {
-            s.decrypt(rng, &message).map(|p| Routed::Session(p.to_vec())).map_err(RecvError::Decrypt)
-        }
+        (Message::PreKey(m), Some(s)) if s.owns(m) => s
+            .decrypt(rng, &message)
+            .map(|p| Routed::Session(p.to_vec()))
+            .map_err(RecvError::Decrypt),
+        (Message::PreKey(m), _) => bob
+            .prekeys
+            .accept(rng, &bob.identity, m)
+            .map(Routed::Accepted)
+            .map_err(RecvError::Handshake),
+        (Message::Ratchet(_), Some(s)) => s
+            .decrypt(rng, &message)
+            .map(|p| Routed::Session(p.to_vec()))
+            .map_err(RecvError::Decrypt),
         (Message::Ratchet(_), None) => Err(RecvError::NoSession),
     }
 }
 
 /// The `(dh, pn, n)` of a message's (inner) ratchet header.
 pub(crate) fn header_of(wire: &[u8]) -> ([u8; 32], u32, u32) {
-    let (h, _) = if wire[0] == PREKEY_V1 { prekey_inner_parts(wire) } else { ratchet_parts(wire) };
+    let (h, _) = if wire[0] == PREKEY_V1 {
+        prekey_inner_parts(wire)
+    } else {
+        ratchet_parts(wire)
+    };
     split_header(&h)
-}
-
-/// A session's decrypt error or plaintext, for exact matching.
-pub(crate) fn decrypt(rng: &mut ChaCha20Rng, s: &mut Session, wire: &[u8]) -> Result<Vec<u8>, DecryptError> {
-    s.decrypt_bytes(rng, wire).map(|p| p.to_vec())
 }
 
 /// Returns `bytes` with bit `bit` (0 = LSB of byte 0) flipped.
@@ -268,7 +280,10 @@ fn ratchet_body_parts(body: &[u8]) -> ([u8; 40], Vec<u8>) {
 /// A standalone ratchet message: `0x12 || {1: header, 2: ciphertext}`.
 pub(crate) fn ratchet_wire(header: &[u8], ciphertext: &[u8]) -> Vec<u8> {
     let mut out = vec![RATCHET_V1];
-    out.extend(encode_proto(&[(1, Value::Len(header.to_vec())), (2, Value::Len(ciphertext.to_vec()))]));
+    out.extend(encode_proto(&[
+        (1, Value::Len(header.to_vec())),
+        (2, Value::Len(ciphertext.to_vec())),
+    ]));
     out
 }
 
@@ -303,10 +318,19 @@ pub(crate) fn prekey_inner_parts(wire: &[u8]) -> ([u8; 40], Vec<u8>) {
 pub(crate) fn prekey_with_inner(wire: &[u8], header: &[u8], ciphertext: &[u8]) -> Vec<u8> {
     assert_eq!(wire[0], PREKEY_V1);
     let fields = parse_proto(&wire[1..]).expect("prekey protobuf");
-    let inner = encode_proto(&[(1, Value::Len(header.to_vec())), (2, Value::Len(ciphertext.to_vec()))]);
+    let inner = encode_proto(&[
+        (1, Value::Len(header.to_vec())),
+        (2, Value::Len(ciphertext.to_vec())),
+    ]);
     let replaced: Vec<(u32, Value)> = fields
         .into_iter()
-        .map(|(f, v)| if f == 8 { (8, Value::Len(inner.clone())) } else { (f, v) })
+        .map(|(f, v)| {
+            if f == 8 {
+                (8, Value::Len(inner.clone()))
+            } else {
+                (f, v)
+            }
+        })
         .collect();
     let mut out = vec![PREKEY_V1];
     out.extend(encode_proto(&replaced));
