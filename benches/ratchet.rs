@@ -25,7 +25,7 @@ fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
         .verify()
         .unwrap();
     let alice = IdentityKeyPair::generate(rng);
-    let mut a = Session::initiate(rng, &alice, &bundle).unwrap();
+    let mut a = Session::initiate(rng, &alice, bundle).unwrap();
     let first = a.encrypt(b"hi").unwrap();
     let confidant::Message::PreKey(m) = confidant::Message::from_bytes(&first).unwrap() else {
         panic!()

@@ -78,7 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let alice = IdentityKeyPair::generate(&mut rng);
     let bundle = PreKeyBundle::from_bytes(&bundle_bytes)?.verify()?;
     // In a real app Alice now checks bundle.identity_key() against what she trusts for Bob.
-    let mut alice_session = Session::initiate(&mut rng, &alice, &bundle)?;
+    let mut alice_session = Session::initiate(&mut rng, &alice, bundle)?;
 
     // 3. Alice sends two messages while Bob is offline.
     for text in ["Hi Bob, it's Alice.", "Are you there?"] {

@@ -227,8 +227,10 @@ impl PreKeyBundle {
     }
 }
 
-/// A bundle whose signed prekey signature verified. Only [`PreKeyBundle::verify`] makes one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A bundle whose signed prekey signature verified. Only [`PreKeyBundle::verify`] makes one,
+/// and [`Session::initiate`](crate::Session::initiate) consumes it: one bundle (and so its
+/// one-time prekey) starts exactly one session. Not `Clone`, for the same reason.
+#[derive(Debug, PartialEq, Eq)]
 pub struct VerifiedBundle(PreKeyBundle);
 
 impl VerifiedBundle {

@@ -18,6 +18,9 @@ pub enum KeyError {
     /// The point has small order and would make DH non-contributory.
     #[error("key is a point of small order")]
     SmallOrder,
+    /// The point has a small-order component (it is not in the prime-order subgroup).
+    #[error("key is not in the prime-order subgroup")]
+    Torsion,
 }
 
 /// Bytes that could not be decoded. Decoding errors may be detailed: they concern public bytes.
@@ -29,6 +32,16 @@ pub enum DecodeError {
     TooLarge {
         /// Length of the input.
         len: usize,
+        /// The limit (PROTOCOL.md §9).
+        limit: usize,
+    },
+    /// A repeated field occurs more often than its limit (checked before decoding).
+    #[error("{count} `{field}` entries exceed the limit of {limit}")]
+    TooMany {
+        /// Which field.
+        field: &'static str,
+        /// Occurrences in the input (saturating).
+        count: usize,
         /// The limit (PROTOCOL.md §9).
         limit: usize,
     },
@@ -84,9 +97,22 @@ pub enum HandshakeError {
     /// The initial message names a one-time prekey that is unknown or already used.
     #[error("unknown or already used one-time prekey {0}")]
     UnknownOneTimePreKey(u32),
-    /// This exact initial message (signed prekey id, base key) was already accepted.
+    /// An initial message with this (signed prekey id, base key) and no one-time prekey was
+    /// already accepted. If it came from the session's initiator repeating its initial data,
+    /// route it to the existing session whose [`Session::owns`](crate::Session::owns) matches
+    /// it instead of calling `accept` (PROTOCOL.md §6.3).
     #[error("initial message replayed")]
     Replay,
+    /// The replay record for this signed prekey is full (`limit` initial messages without a
+    /// one-time prekey were accepted for it). Rotate the signed prekey and publish the new
+    /// one; this refuses instead of forgetting, so a replay can never create a second session.
+    #[error("replay record of signed prekey {signed_prekey_id} is full ({limit}): rotate it")]
+    ReplayRecordFull {
+        /// The signed prekey the message names.
+        signed_prekey_id: u32,
+        /// [`MAX_ACCEPTED_BASE_KEYS`](crate::limits::MAX_ACCEPTED_BASE_KEYS).
+        limit: usize,
+    },
     /// The first message inside the initial message is malformed or too far ahead.
     #[error("first message rejected: {0}")]
     FirstMessage(DecryptError),

@@ -108,8 +108,9 @@ pub fn sign_prekey(identity: &IdentityKeyPair, key: &PublicKey) -> [u8; 64] {
     identity.sign(&key.encode())
 }
 
-/// The spec-level Double Ratchet state (PROFILE §4), for vector checks.
-#[derive(Zeroize, ZeroizeOnDrop)]
+/// The spec-level Double Ratchet state (PROFILE §4), for vector checks. `PartialEq` is not
+/// constant-time: compare states in tests, not in production decisions.
+#[derive(Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
 pub struct RatchetState {
     /// `RK`.
     pub root_key: [u8; 32],

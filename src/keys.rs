@@ -85,7 +85,8 @@ impl fmt::Debug for IdentityKeyPair {
 /// A public identity key: an Ed25519 public key (PROTOCOL.md §3.2).
 ///
 /// Construction checks that the encoding is canonical, decodes to a curve point, is not of
-/// small order, and so has a valid X25519 form `u = (1 + y) / (1 - y)`.
+/// small order and lies in the prime-order subgroup, and so has a valid X25519 form
+/// `u = (1 + y) / (1 - y)` (PROTOCOL.md §3.2).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentityKey {
     ed: [u8; 32],
@@ -108,6 +109,11 @@ impl IdentityKey {
         let verifying = VerifyingKey::from_bytes(&ed).map_err(|_| KeyError::Invalid)?;
         if verifying.is_weak() {
             return Err(KeyError::SmallOrder);
+        }
+        // As libsodium's crypto_sign_ed25519_pk_to_curve25519: only prime-order-subgroup points,
+        // so `A` and `A + T` (T of small order) cannot pose as two identities.
+        if !point.is_torsion_free() {
+            return Err(KeyError::Torsion);
         }
         let x = verifying.to_montgomery().to_bytes();
         Ok(Self { ed, x })
@@ -318,6 +324,13 @@ mod tests {
             IdentityKey::from_bytes(&minus_one),
             Err(KeyError::SmallOrder)
         );
+        // A valid key plus a point of order 8 is rejected; the key itself is accepted.
+        let key = IdentityKeyPair::from_seed(&[9u8; 32]).public();
+        let point = CompressedEdwardsY(key.to_bytes()).decompress().unwrap();
+        let torsion = curve25519_dalek::constants::EIGHT_TORSION[1];
+        let mixed = (point + torsion).compress().to_bytes();
+        assert_eq!(IdentityKey::from_bytes(&mixed), Err(KeyError::Torsion));
+        assert!(IdentityKey::from_bytes(&key.to_bytes()).is_ok());
         // y = p + 1 encodes the identity non-canonically.
         let non_canonical =
             unhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f");

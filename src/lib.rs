@@ -19,7 +19,7 @@
 //! // Alice verifies it and sends while Bob is offline.
 //! let alice = IdentityKeyPair::generate(&mut rng);
 //! let verified = PreKeyBundle::from_bytes(&bundle.to_bytes())?.verify()?;
-//! let mut alice_session = Session::initiate(&mut rng, &alice, &verified)?;
+//! let mut alice_session = Session::initiate(&mut rng, &alice, verified)?;
 //! let wire = alice_session.encrypt(b"hi Bob")?; // persist alice_session, then send
 //!
 //! // Bob parses (routing data first), then accepts.
@@ -59,6 +59,7 @@ mod proto;
 mod ratchet;
 pub mod server;
 mod session;
+mod skipped;
 mod time;
 mod wire;
 mod x3dh;

@@ -26,9 +26,11 @@ pub const LOW_ONE_TIME_PREKEY_STOCK: usize = 20;
 pub const MAX_ONE_TIME_PREKEYS: usize = 2000;
 /// Most signed prekeys a device holds (the current one plus retired ones in their grace period).
 pub const MAX_SIGNED_PREKEYS: usize = 16;
-/// Most `(signed prekey id, base key)` pairs a device remembers to reject replayed initial
-/// messages; the oldest is forgotten first (PROTOCOL.md §6.3).
-pub const MAX_ACCEPTED_BASE_KEYS: usize = 10_000;
+/// Most base keys remembered per signed prekey to reject replayed initial messages that used no
+/// one-time prekey. Never forgotten while the signed prekey is held; when full, such messages are
+/// refused until the signed prekey is rotated (PROTOCOL.md §6.3). With [`MAX_SIGNED_PREKEYS`] this
+/// bounds the record at 32 000 entries.
+pub const MAX_ACCEPTED_BASE_KEYS: usize = 2000;
 /// Default grace period for a replaced signed prekey: 30 days in milliseconds.
 pub const SIGNED_PREKEY_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Longest associated-data appendix a session snapshot may carry (PROTOCOL.md §4.3).

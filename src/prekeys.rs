@@ -2,7 +2,7 @@
 //! rotation with a grace period, one-time prekey consumption, and replay rejection.
 
 use core::fmt;
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::CryptoRng;
 use x25519_dalek::StaticSecret;
@@ -63,8 +63,9 @@ pub struct PreKeys {
     one_time: BTreeMap<u32, StaticSecret>,
     next_signed_id: u32,
     next_one_time_id: u32,
-    accepted: VecDeque<(u32, [u8; 32])>,
-    accepted_set: HashSet<(u32, [u8; 32])>,
+    /// Replay record: per held signed prekey id, the base keys of accepted initial messages
+    /// that used no one-time prekey (PROTOCOL.md §6.3). Dropped with the signed prekey.
+    accepted: BTreeMap<u32, BTreeSet<[u8; 32]>>,
 }
 
 impl PreKeys {
@@ -80,8 +81,7 @@ impl PreKeys {
             one_time: BTreeMap::new(),
             next_signed_id: 2,
             next_one_time_id: 1,
-            accepted: VecDeque::new(),
-            accepted_set: HashSet::new(),
+            accepted: BTreeMap::new(),
         }
     }
 
@@ -150,8 +150,7 @@ impl PreKeys {
     }
 
     fn forget_accepted(&mut self, signed_prekey_id: u32) {
-        self.accepted.retain(|(id, _)| *id != signed_prekey_id);
-        self.accepted_set.retain(|(id, _)| *id != signed_prekey_id);
+        self.accepted.remove(&signed_prekey_id);
     }
 
     /// Generates `count` one-time prekeys and returns their public halves to upload.
@@ -186,6 +185,13 @@ impl PreKeys {
         Ok(out)
     }
 
+    /// The replay record as `(signed prekey id, base key)` pairs, in id then key order.
+    fn accepted_pairs(&self) -> impl Iterator<Item = (&u32, &[u8; 32])> {
+        self.accepted
+            .iter()
+            .flat_map(|(id, keys)| keys.iter().map(move |k| (id, k)))
+    }
+
     /// Number of unused one-time prekeys held.
     #[must_use]
     pub fn one_time_prekey_count(&self) -> usize {
@@ -193,9 +199,9 @@ impl PreKeys {
     }
 
     /// Accepts an initial message: X3DH as responder, then decrypts the first message
-    /// (PROTOCOL.md §4.4, §6.3). On success the one-time prekey is deleted and the
-    /// `(signed prekey id, base key)` pair is recorded, both in `self`; persist `self` and the
-    /// new session together.
+    /// (PROTOCOL.md §4.4, §6.3). On success the one-time prekey is deleted or, if the message
+    /// used none, its `(signed prekey id, base key)` pair is recorded, both in `self`; persist
+    /// `self` and the new session together.
     ///
     /// Before calling this, offer the message to existing sessions with the same peer
     /// ([`Session::owns`]): the initiator repeats its initial data until it gets a reply.
@@ -212,17 +218,29 @@ impl PreKeys {
         let signed = self
             .signed_secret(spk_id)
             .ok_or(HandshakeError::UnknownSignedPreKey(spk_id))?;
-        let replay_key = (spk_id, message.base_key().to_bytes());
-        if self.accepted_set.contains(&replay_key) {
-            return Err(HandshakeError::Replay);
-        }
+        let base_key = message.base_key().to_bytes();
         let one_time = match message.one_time_prekey_id() {
+            // A one-time prekey is deleted on first use: that alone stops replays.
             Some(id) => Some(
                 self.one_time
                     .get(&id)
                     .ok_or(HandshakeError::UnknownOneTimePreKey(id))?,
             ),
-            None => None,
+            // Otherwise the replay record does, and it never forgets while the signed prekey is
+            // held: when full it refuses new sessions instead (fail closed).
+            None => {
+                let record = self.accepted.get(&spk_id);
+                if record.is_some_and(|r| r.contains(&base_key)) {
+                    return Err(HandshakeError::Replay);
+                }
+                if record.map_or(0, BTreeSet::len) >= MAX_ACCEPTED_BASE_KEYS {
+                    return Err(HandshakeError::ReplayRecordFull {
+                        signed_prekey_id: spk_id,
+                        limit: MAX_ACCEPTED_BASE_KEYS,
+                    });
+                }
+                None
+            }
         };
         let (session, plaintext) = Session::respond(rng, identity, signed, one_time, message)?;
         // Commit.
@@ -230,12 +248,8 @@ impl PreKeys {
         if let Some(id) = consumed {
             self.one_time.remove(&id);
         }
-        self.accepted.push_back(replay_key);
-        self.accepted_set.insert(replay_key);
-        while self.accepted.len() > MAX_ACCEPTED_BASE_KEYS {
-            if let Some(old) = self.accepted.pop_front() {
-                self.accepted_set.remove(&old);
-            }
+        if consumed.is_none() {
+            self.accepted.entry(spk_id).or_default().insert(base_key);
         }
         Ok(Accepted {
             session,
@@ -269,8 +283,7 @@ impl PreKeys {
             next_signed_prekey_id: self.next_signed_id,
             next_one_time_prekey_id: self.next_one_time_id,
             accepted_base_keys: self
-                .accepted
-                .iter()
+                .accepted_pairs()
                 .map(|(id, k)| AcceptedBaseKeyProto {
                     signed_prekey_id: *id,
                     base_key: k.to_vec(),
@@ -285,7 +298,31 @@ impl PreKeys {
     /// # Errors
     /// [`RestoreError`] naming the violated invariant.
     pub fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
-        let proto: PreKeysProto = codec::decode(bytes, PREKEYS_SNAPSHOT_V1, MAX_SNAPSHOT_BYTES)?;
+        let proto: PreKeysProto = codec::decode_counted(
+            bytes,
+            PREKEYS_SNAPSHOT_V1,
+            MAX_SNAPSHOT_BYTES,
+            &[
+                codec::RepeatedLimit {
+                    path: &[],
+                    tag: 1,
+                    max: MAX_SIGNED_PREKEYS,
+                    field: "signed_prekeys",
+                },
+                codec::RepeatedLimit {
+                    path: &[],
+                    tag: 2,
+                    max: MAX_ONE_TIME_PREKEYS,
+                    field: "one_time_prekeys",
+                },
+                codec::RepeatedLimit {
+                    path: &[],
+                    tag: 5,
+                    max: MAX_ACCEPTED_BASE_KEYS * MAX_SIGNED_PREKEYS,
+                    field: "accepted_base_keys",
+                },
+            ],
+        )?;
         if proto.signed_prekeys.is_empty() || proto.signed_prekeys.len() > MAX_SIGNED_PREKEYS {
             return Err(RestoreError::Invariant("signed prekey count"));
         }
@@ -341,18 +378,24 @@ impl PreKeys {
                 return Err(RestoreError::Invariant("duplicate one-time prekey id"));
             }
         }
-        if proto.accepted_base_keys.len() > MAX_ACCEPTED_BASE_KEYS {
-            return Err(RestoreError::Invariant("accepted base key count"));
-        }
-        let mut accepted = VecDeque::with_capacity(proto.accepted_base_keys.len());
-        let mut accepted_set = HashSet::with_capacity(proto.accepted_base_keys.len());
+        let mut accepted: BTreeMap<u32, BTreeSet<[u8; 32]>> = BTreeMap::new();
         for a in &proto.accepted_base_keys {
             let key = codec::array(&a.base_key, "base_key")
                 .map_err(|_| RestoreError::Invariant("accepted base key"))?;
-            if !accepted_set.insert((a.signed_prekey_id, key)) {
+            let held = current.public.id == a.signed_prekey_id
+                || signed.iter().any(|s| s.public.id == a.signed_prekey_id);
+            if !held {
+                return Err(RestoreError::Invariant(
+                    "accepted base key for an unknown signed prekey",
+                ));
+            }
+            let record = accepted.entry(a.signed_prekey_id).or_default();
+            if record.len() >= MAX_ACCEPTED_BASE_KEYS {
+                return Err(RestoreError::Invariant("accepted base key count"));
+            }
+            if !record.insert(key) {
                 return Err(RestoreError::Invariant("duplicate accepted base key"));
             }
-            accepted.push_back((a.signed_prekey_id, key));
         }
         Ok(Self {
             current,
@@ -361,7 +404,6 @@ impl PreKeys {
             next_signed_id: proto.next_signed_prekey_id.max(1),
             next_one_time_id: proto.next_one_time_prekey_id.max(1),
             accepted,
-            accepted_set,
         })
     }
 }
@@ -397,7 +439,10 @@ impl fmt::Debug for PreKeys {
                 &self.retired.iter().map(|s| s.public.id).collect::<Vec<_>>(),
             )
             .field("one_time_prekeys", &self.one_time.len())
-            .field("accepted_base_keys", &self.accepted.len())
+            .field(
+                "accepted_base_keys",
+                &self.accepted.values().map(BTreeSet::len).sum::<usize>(),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -1,7 +1,5 @@
 //! The Double Ratchet (PROTOCOL.md §5), exactly PROFILE §4, with a transactional decrypt.
 
-use std::collections::VecDeque;
-
 use rand_core::CryptoRng;
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
@@ -10,7 +8,8 @@ use crate::aead;
 use crate::error::{DecodeError, DecryptError, EncryptError};
 use crate::kdf::{ChainKey, MessageKey, RootKey};
 use crate::keys::{self, PublicKey};
-use crate::limits::{MAX_PLAINTEXT, MAX_SKIP, MAX_STORED_SKIPPED};
+use crate::limits::{MAX_PLAINTEXT, MAX_SKIP};
+use crate::skipped::SkippedKeys;
 
 /// Length of the fixed binary header `dh || u32be(pn) || u32be(n)` (PROTOCOL.md §5.3).
 pub(crate) const HEADER_LEN: usize = 40;
@@ -69,13 +68,6 @@ impl RatchetKeyPair {
     }
 }
 
-/// One stored skipped message key, addressed by `(dh, n)`.
-pub(crate) struct Skipped {
-    pub(crate) dh: [u8; 32],
-    pub(crate) n: u32,
-    pub(crate) key: MessageKey,
-}
-
 /// Double Ratchet state of PROFILE §4: `DHs, DHr, RK, CKs, CKr, Ns, Nr, PN, MKSKIPPED`, plus the
 /// associated data fixed at session setup.
 pub(crate) struct Ratchet {
@@ -88,10 +80,8 @@ pub(crate) struct Ratchet {
     pub(crate) ns: u32,
     pub(crate) nr: u32,
     pub(crate) pn: u32,
-    /// Insertion-ordered; the front is the oldest and is evicted first. Consulted only when a
-    /// header is not the next-or-later message of the current receiving chain (PROTOCOL.md §5.4),
-    /// so its size does not slow down in-order decryption.
-    pub(crate) skipped: VecDeque<Skipped>,
+    /// `MKSKIPPED`, bounded, oldest insertion evicted first (PROTOCOL.md §5.4).
+    pub(crate) skipped: SkippedKeys,
 }
 
 /// Output of [`Ratchet::encrypt`].
@@ -129,7 +119,7 @@ impl Ratchet {
             ns: 0,
             nr: 0,
             pn: 0,
-            skipped: VecDeque::new(),
+            skipped: SkippedKeys::default(),
         })
     }
 
@@ -149,7 +139,7 @@ impl Ratchet {
             ns: 0,
             nr: 0,
             pn: 0,
-            skipped: VecDeque::new(),
+            skipped: SkippedKeys::default(),
         }
     }
 
@@ -198,31 +188,22 @@ impl Ratchet {
         ciphertext: &[u8],
     ) -> Result<Decrypted, DecryptError> {
         let header = Header::from_bytes(header_bytes)?;
-        let current_chain = self.dhr == Some(header.dh);
 
-        // TrySkippedMessageKeys: only for headers that are not at or after Nr in the current
-        // receiving chain; a key for those can never be in the store.
-        if !(current_chain && header.n >= self.nr)
-            && let Some(idx) = self.find_skipped(&header)
-        {
-            let key = &self
-                .skipped
-                .get(idx)
-                .ok_or(DecryptError::Unauthenticated)?
-                .key;
+        // TrySkippedMessageKeys, first, as in the spec (an O(log n) lookup).
+        if let Some(key) = self.skipped.get(&header.dh, header.n) {
             let plaintext = aead::open(&key.aead_key(), &self.aad(header_bytes), ciphertext)
                 .ok_or(DecryptError::Unauthenticated)?;
-            let used = self
+            let message_key = self
                 .skipped
-                .remove(idx)
+                .remove(&header.dh, header.n)
                 .ok_or(DecryptError::Unauthenticated)?;
             return Ok(Decrypted {
                 plaintext,
-                message_key: used.key,
+                message_key,
             });
         }
 
-        if current_chain {
+        if self.dhr == Some(header.dh) {
             if header.n < self.nr {
                 return Err(DecryptError::Duplicate { counter: header.n });
             }
@@ -242,13 +223,10 @@ impl Ratchet {
             });
         }
 
-        // A new ratchet key: SkipMessageKeys(PN), DHRatchet, SkipMessageKeys(n).
+        // A new ratchet key: SkipMessageKeys(PN), DHRatchet, SkipMessageKeys(n). Both bounds are
+        // checked first; the old chain's keys are derived only once the message authenticated.
         check_skip(self.nr, header.pn)?;
         check_skip(0, header.n)?;
-        let old_chain_skipped = match (&self.ckr, &self.dhr) {
-            (Some(ckr), Some(dhr)) => Some((*dhr, derive_skipped(ckr, self.nr, header.pn))),
-            _ => None,
-        };
         let dh_recv =
             keys::dh(&self.dhs.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;
         let (root_mid, ckr_new) = self.root.step(&dh_recv);
@@ -259,9 +237,10 @@ impl Ratchet {
         let dhs_new = RatchetKeyPair::generate(rng);
         let dh_send = keys::dh(&dhs_new.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;
         let (root_new, cks_new) = root_mid.step(&dh_send);
-        // Commit.
-        if let Some((dhr, keys)) = old_chain_skipped {
-            self.store_skipped(dhr, keys);
+        // Commit, in the spec's order: the old chain's keys up to PN, then the new chain's.
+        if let (Some(ckr), Some(dhr)) = (&self.ckr, self.dhr) {
+            let old_chain = derive_skipped(ckr, self.nr, header.pn);
+            self.store_skipped(dhr, old_chain);
         }
         self.store_skipped(header.dh, skipped);
         self.pn = self.ns;
@@ -278,18 +257,9 @@ impl Ratchet {
         })
     }
 
-    fn find_skipped(&self, header: &Header) -> Option<usize> {
-        self.skipped
-            .iter()
-            .position(|s| s.n == header.n && s.dh == header.dh)
-    }
-
     fn store_skipped(&mut self, dh: [u8; 32], keys: Vec<(u32, MessageKey)>) {
         for (n, key) in keys {
-            self.skipped.push_back(Skipped { dh, n, key });
-        }
-        while self.skipped.len() > MAX_STORED_SKIPPED {
-            self.skipped.pop_front();
+            self.skipped.insert(dh, n, key);
         }
     }
 }
@@ -339,6 +309,7 @@ mod tests {
     use rand_chacha::rand_core::SeedableRng;
 
     use super::*;
+    use crate::limits::MAX_STORED_SKIPPED;
 
     fn pair(rng: &mut ChaCha20Rng) -> (Ratchet, Ratchet) {
         let sk = RootKey::from_bytes([3u8; 32]);
@@ -393,7 +364,7 @@ mod tests {
                 bob.decrypt(&mut rng, &m.header, &m.ciphertext).unwrap();
             }
         }
-        assert!(bob.skipped.is_empty());
+        assert_eq!(bob.skipped.len(), 0);
     }
 
     #[test]

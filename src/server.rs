@@ -55,7 +55,18 @@ impl PreKeyUpload {
     /// # Errors
     /// [`UploadError`] naming the first problem found.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, UploadError> {
-        let proto: PreKeyUploadProto = codec::decode(bytes, UPLOAD_V1, MAX_UPLOAD_BYTES)?;
+        let proto: PreKeyUploadProto = codec::decode_counted(
+            bytes,
+            UPLOAD_V1,
+            MAX_UPLOAD_BYTES,
+            &[codec::RepeatedLimit {
+                path: &[],
+                tag: 3,
+                max: MAX_UPLOAD_ONE_TIME_PREKEYS,
+                field: "one_time_prekeys",
+            }],
+        )
+        .map_err(too_many)?;
         // PROTOCOL.md §8.4: KEM prekeys are not silently dropped.
         if proto.last_resort_kem_prekey.is_some() || !proto.one_time_kem_prekeys.is_empty() {
             return Err(DecodeError::Unsupported("kem_prekey").into());
@@ -240,7 +251,18 @@ impl DeviceKeys {
     /// # Errors
     /// [`UploadError`] as for a registration, with the stock limit instead of the batch limit.
     pub fn restore(bytes: &[u8]) -> Result<Self, UploadError> {
-        let proto: PreKeyUploadProto = codec::decode(bytes, UPLOAD_V1, MAX_UPLOAD_BYTES)?;
+        let proto: PreKeyUploadProto = codec::decode_counted(
+            bytes,
+            UPLOAD_V1,
+            MAX_UPLOAD_BYTES,
+            &[codec::RepeatedLimit {
+                path: &[],
+                tag: 3,
+                max: MAX_SERVER_ONE_TIME_PREKEYS,
+                field: "one_time_prekeys",
+            }],
+        )
+        .map_err(too_many)?;
         let mut first = proto.clone();
         let rest = core::mem::take(&mut first.one_time_prekeys);
         let mut out = Self::register(&codec::encode(UPLOAD_V1, &first))?;
@@ -260,4 +282,12 @@ impl DeviceKeys {
 fn is_newer(id: u32, current: u32) -> bool {
     let ahead = id.wrapping_sub(current);
     ahead != 0 && ahead < 1 << 31
+}
+
+/// A repeated-field limit found before decoding is reported as [`UploadError::TooMany`].
+fn too_many(e: DecodeError) -> UploadError {
+    match e {
+        DecodeError::TooMany { count, limit, .. } => UploadError::TooMany { count, limit },
+        other => UploadError::Decode(other),
+    }
 }

@@ -2,7 +2,6 @@
 //! (PROTOCOL.md §6).
 
 use core::fmt;
-use std::collections::{HashSet, VecDeque};
 
 use rand_core::CryptoRng;
 use x25519_dalek::StaticSecret;
@@ -15,7 +14,8 @@ use crate::kdf::{ChainKey, MessageKey, RootKey};
 use crate::keys::{self, IdentityKey, IdentityKeyPair, PublicKey};
 use crate::limits::{MAX_AD_APPENDIX, MAX_SNAPSHOT_BYTES, MAX_STORED_SKIPPED};
 use crate::proto::{PendingPreKeyProto, RatchetProto, SessionProto, SkippedKeyProto};
-use crate::ratchet::{Ratchet, RatchetKeyPair, Skipped};
+use crate::ratchet::{Ratchet, RatchetKeyPair};
+use crate::skipped::SkippedKeys;
 use crate::wire::{Handshake, Message, PreKeyMessage, RatchetMessage};
 use crate::x3dh;
 
@@ -57,14 +57,15 @@ impl Session {
     /// Starts a session from a verified bundle (X3DH initiator, PROTOCOL.md §4.2, §5.1).
     ///
     /// Draws the ephemeral key `EK_A` and then the first ratchet key from `rng`, in that order.
-    /// Every message sent before the first reply carries the initial data.
+    /// Every message sent before the first reply carries the initial data. Takes the bundle by
+    /// value: its one-time prekey may start only one session (fetch a new bundle to retry).
     ///
     /// # Errors
     /// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
     pub fn initiate(
         rng: &mut (impl CryptoRng + ?Sized),
         identity: &IdentityKeyPair,
-        bundle: &VerifiedBundle,
+        bundle: VerifiedBundle,
     ) -> Result<Self, HandshakeError> {
         let ephemeral = keys::generate_x25519(rng);
         let base_key = PublicKey::from_secret(&ephemeral);
@@ -294,10 +295,10 @@ impl Session {
                 skipped: r
                     .skipped
                     .iter()
-                    .map(|s| SkippedKeyProto {
-                        ratchet_key: s.dh.to_vec(),
-                        counter: s.n,
-                        message_key: s.key.as_bytes().to_vec(),
+                    .map(|(dh, n, key)| SkippedKeyProto {
+                        ratchet_key: dh.to_vec(),
+                        counter: n,
+                        message_key: key.as_bytes().to_vec(),
                     })
                     .collect(),
             }),
@@ -311,8 +312,17 @@ impl Session {
     /// # Errors
     /// [`RestoreError`] naming the violated invariant.
     pub fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
-        let mut proto: SessionProto =
-            codec::decode(bytes, SESSION_SNAPSHOT_V1, MAX_SNAPSHOT_BYTES)?;
+        let mut proto: SessionProto = codec::decode_counted(
+            bytes,
+            SESSION_SNAPSHOT_V1,
+            MAX_SNAPSHOT_BYTES,
+            &[codec::RepeatedLimit {
+                path: &[7],
+                tag: 10,
+                max: MAX_STORED_SKIPPED,
+                field: "ratchet.skipped",
+            }],
+        )?;
         let handshake =
             Handshake::from_code(proto.handshake).ok_or(RestoreError::Invariant("handshake"))?;
         let role = if proto.initiator {
@@ -417,19 +427,14 @@ fn restore_ratchet(r: &RatchetProto) -> Result<Ratchet, RestoreError> {
             "skipped keys exceed MAX_STORED_SKIPPED",
         ));
     }
-    let mut seen = HashSet::with_capacity(r.skipped.len());
-    let mut skipped = VecDeque::with_capacity(r.skipped.len());
+    let mut skipped = SkippedKeys::default();
     for s in &r.skipped {
         let dh = key32(&s.ratchet_key, "skipped.ratchet_key")?;
-        if !seen.insert((dh, s.counter)) {
+        if skipped.get(&dh, s.counter).is_some() {
             return Err(RestoreError::Invariant("duplicate skipped key"));
         }
         let key = MessageKey::from_bytes(key32(&s.message_key, "skipped.message_key")?);
-        skipped.push_back(Skipped {
-            dh,
-            n: s.counter,
-            key,
-        });
+        skipped.insert(dh, s.counter, key);
     }
     Ok(Ratchet {
         ad: r.associated_data.clone(),

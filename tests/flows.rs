@@ -124,50 +124,109 @@ fn one_time_prekey_is_consumed_exactly_once() {
     assert_eq!(bob.prekeys.one_time_prekey_count(), 1);
 }
 
-/// PROTOCOL.md §6.3: the replay record is checked (step 2) before the one-time prekey (step 3),
-/// so a replayed initial message is `Replay` whether or not it used a one-time prekey.
+/// PROTOCOL.md §6.3: a replayed initial message never creates a second session. With a one-time
+/// prekey the deleted prekey rejects it (`UnknownOneTimePreKey`); without one, the replay record
+/// does (`Replay`). Only the latter is recorded.
 #[test]
-fn accepting_the_same_initial_message_twice_is_a_replay() {
+fn accepting_the_same_initial_message_twice_is_rejected() {
     for with_opk in [true, false] {
         let mut rng = rng(2);
         let (mut bob, otks) = Device::new(&mut rng, 1);
         let alice = IdentityKeyPair::generate(&mut rng);
-        let mut s = common::initiate(
-            &mut rng,
-            &alice,
-            &bob,
-            otks.first().copied().filter(|_| with_opk),
-        );
+        let opk = otks.first().copied().filter(|_| with_opk);
+        let mut s = common::initiate(&mut rng, &alice, &bob, opk);
         let wire = s.encrypt(b"hi").expect("encrypt");
         let first = accept(&mut rng, &mut bob, &wire).expect("accept");
         assert_eq!(first.consumed_one_time_prekey.is_some(), with_opk);
-        assert_eq!(replay_records(&bob.prekeys), 1);
+        assert_eq!(replay_records(&bob.prekeys), usize::from(!with_opk));
+        let expected = match opk {
+            Some(k) => HandshakeError::UnknownOneTimePreKey(k.id()),
+            None => HandshakeError::Replay,
+        };
+        let before = bob.prekeys.snapshot();
         assert_eq!(
             accept(&mut rng, &mut bob, &wire).err(),
-            Some(HandshakeError::Replay),
+            Some(expected),
             "with_opk = {with_opk}"
         );
-        // The initiator's next message is owned by the session; `accept` calls it a replay too.
+        // The initiator's next message is owned by the session; `accept` rejects it the same way.
         let second = s.encrypt(b"again").expect("encrypt");
-        assert_eq!(
-            accept(&mut rng, &mut bob, &second).err(),
-            Some(HandshakeError::Replay)
+        assert_eq!(accept(&mut rng, &mut bob, &second).err(), Some(expected));
+        assert!(
+            bob.prekeys.snapshot() == before,
+            "a rejected accept changed PreKeys"
         );
-        assert_eq!(replay_records(&bob.prekeys), 1);
     }
 }
 
 #[test]
 fn replay_is_still_rejected_after_a_prekeys_round_trip() {
-    let mut rng = rng(3);
-    let (mut bob, otks) = Device::new(&mut rng, 1);
+    for with_opk in [true, false] {
+        let mut rng = rng(3);
+        let (mut bob, otks) = Device::new(&mut rng, 1);
+        let alice = IdentityKeyPair::generate(&mut rng);
+        let opk = otks.first().copied().filter(|_| with_opk);
+        let mut s = common::initiate(&mut rng, &alice, &bob, opk);
+        let wire = s.encrypt(b"hi").expect("encrypt");
+        accept(&mut rng, &mut bob, &wire).expect("accept");
+        bob.prekeys = PreKeys::restore(&bob.prekeys.snapshot()).expect("restore");
+        let expected = match opk {
+            Some(k) => HandshakeError::UnknownOneTimePreKey(k.id()),
+            None => HandshakeError::Replay,
+        };
+        assert_eq!(accept(&mut rng, &mut bob, &wire).err(), Some(expected));
+    }
+}
+
+/// PROTOCOL.md §6.3: the replay record never forgets while its signed prekey is held. When it is
+/// full, new initial messages without a one-time prekey are refused (fail closed) until the
+/// signed prekey is rotated; then new bundles work again and old entries still reject replays.
+#[test]
+fn full_replay_record_refuses_instead_of_forgetting() {
+    let mut rng = rng(30);
+    let (bob, _) = Device::new(&mut rng, 0);
     let alice = IdentityKeyPair::generate(&mut rng);
-    let mut s = common::initiate(&mut rng, &alice, &bob, otks.first().copied());
+    // Fill the record for signed prekey 1 through a crafted snapshot (2000 real handshakes would
+    // work too, just slower).
+    let snap = bob.prekeys.snapshot();
+    let mut fields = parse_proto(&snap[1..]).expect("snapshot");
+    for i in 0..MAX_ACCEPTED_BASE_KEYS as u32 {
+        let mut k = vec![0u8; 32];
+        k[..4].copy_from_slice(&i.to_le_bytes());
+        fields.push((
+            5,
+            Value::Len(encode_proto(&[(1, Value::Varint(1)), (2, Value::Len(k))])),
+        ));
+    }
+    let full = PreKeys::restore(&[vec![0x32], encode_proto(&fields)].concat()).expect("restore");
+    let mut bob = Device {
+        identity: bob.identity,
+        prekeys: full,
+    };
+    let mut s = common::initiate(&mut rng, &alice, &bob, None);
     let wire = s.encrypt(b"hi").expect("encrypt");
-    accept(&mut rng, &mut bob, &wire).expect("accept");
-    bob.prekeys = PreKeys::restore(&bob.prekeys.snapshot()).expect("restore");
+    let before = bob.prekeys.snapshot();
     assert_eq!(
         accept(&mut rng, &mut bob, &wire).err(),
+        Some(HandshakeError::ReplayRecordFull {
+            signed_prekey_id: 1,
+            limit: MAX_ACCEPTED_BASE_KEYS
+        })
+    );
+    assert!(bob.prekeys.snapshot() == before);
+    // After a rotation a fresh bundle (signed prekey 2) is accepted.
+    bob.prekeys
+        .rotate_signed_prekey(&mut rng, &bob.identity, NOW);
+    let mut s2 = common::initiate(&mut rng, &alice, &bob, None);
+    let wire2 = s2.encrypt(b"after rotation").expect("encrypt");
+    assert_eq!(
+        &accept(&mut rng, &mut bob, &wire2)
+            .expect("accept")
+            .plaintext[..],
+        b"after rotation"
+    );
+    assert_eq!(
+        accept(&mut rng, &mut bob, &wire2).err(),
         Some(HandshakeError::Replay)
     );
 }
@@ -303,10 +362,12 @@ fn prekey_message_of_another_session_is_other_session() {
         decrypt(&mut rng, &mut bob_s, &forged),
         Err(DecryptError::OtherSession)
     );
-    // Routed to accept instead, it is a replay of (signed prekey, base key).
+    // Routed to accept instead, its one-time prekey is already used.
     assert_eq!(
         bob_receive(&mut rng, &mut bob, Some(&mut bob_s), &forged.to_bytes()).err(),
-        Some(RecvError::Handshake(HandshakeError::Replay))
+        Some(RecvError::Handshake(HandshakeError::UnknownOneTimePreKey(
+            otks[0].id()
+        )))
     );
 
     // An initiator session never accepts a PreKeyMessage, not even its own.
@@ -494,7 +555,7 @@ fn server_hands_out_each_one_time_prekey_at_most_once() {
         served.push(opk.id());
         // Every served bundle starts a session Bob accepts, consuming exactly that prekey.
         let a = IdentityKeyPair::generate(&mut rng);
-        let mut s = Session::initiate(&mut rng, &a, &verified).expect("initiate");
+        let mut s = Session::initiate(&mut rng, &a, verified).expect("initiate");
         let acc = accept(&mut rng, &mut bob, &s.encrypt(b"x").expect("encrypt")).expect("accept");
         assert_eq!(acc.consumed_one_time_prekey, Some(opk.id()));
     }
@@ -518,7 +579,7 @@ fn server_hands_out_each_one_time_prekey_at_most_once() {
         assert_eq!(fetched.remaining_one_time_prekeys, 0);
         assert!(fetched.low_stock);
         let a = IdentityKeyPair::generate(&mut rng);
-        let mut s = Session::initiate(&mut rng, &a, &fetched.bundle.verify().expect("verify"))
+        let mut s = Session::initiate(&mut rng, &a, fetched.bundle.verify().expect("verify"))
             .expect("initiate");
         let acc = accept(&mut rng, &mut bob, &s.encrypt(b"y").expect("encrypt")).expect("accept");
         assert_eq!(acc.consumed_one_time_prekey, None);
@@ -1240,15 +1301,6 @@ fn session_snapshot_invariants_are_checked() {
         (
             &a,
             Box::new(|_, r| {
-                for i in 0..=MAX_STORED_SKIPPED as u64 {
-                    r.push((10, skipped(1, i)));
-                }
-            }),
-            "skipped keys exceed MAX_STORED_SKIPPED",
-        ),
-        (
-            &a,
-            Box::new(|_, r| {
                 r.push((
                     10,
                     Value::Len(encode_proto(&[
@@ -1334,6 +1386,17 @@ fn session_snapshot_invariants_are_checked() {
             "pending initial data",
         ),
     ];
+    // Too many skipped keys is caught on the wire bytes, before prost allocates anything.
+    let too_many = edit_session(&a, |_, r: &mut Fields| {
+        for i in 0..=MAX_STORED_SKIPPED as u64 {
+            r.push((10, skipped(1, i)));
+        }
+    });
+    assert!(matches!(
+        Session::restore(&too_many).err(),
+        Some(RestoreError::Decode(DecodeError::TooMany { field: "ratchet.skipped", count, limit }))
+            if count > limit && limit == MAX_STORED_SKIPPED
+    ));
     for (snap, edit, expected) in cases {
         let edited = edit_session(snap, edit);
         assert_eq!(
@@ -1367,11 +1430,12 @@ fn session_snapshot_invariants_are_checked() {
 #[test]
 fn prekeys_snapshot_invariants_are_checked() {
     let mut rng = rng(20);
-    let (mut bob, otks) = Device::new(&mut rng, 2);
+    let (mut bob, _) = Device::new(&mut rng, 2);
     bob.prekeys
         .rotate_signed_prekey(&mut rng, &bob.identity, NOW);
     let a = IdentityKeyPair::generate(&mut rng);
-    let mut s = common::initiate(&mut rng, &a, &bob, Some(otks[0]));
+    // No one-time prekey, so the accept is recorded in the replay record.
+    let mut s = common::initiate(&mut rng, &a, &bob, None);
     accept(&mut rng, &mut bob, &s.encrypt(b"x").expect("e")).expect("accept");
     let snap = bob.prekeys.snapshot();
     let top = parse_proto(&snap[1..]).expect("snapshot");
@@ -1413,14 +1477,6 @@ fn prekeys_snapshot_invariants_are_checked() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (
             edit_top(&|fs| fs.retain(|(f, _)| *f != 1)),
-            "signed prekey count",
-        ),
-        (
-            edit_top(&|fs| {
-                for i in 0..(MAX_SIGNED_PREKEYS - 1) as u64 {
-                    fs.push((1, spk_record(100 + i, Some(1))));
-                }
-            }),
             "signed prekey count",
         ),
         (
@@ -1483,20 +1539,6 @@ fn prekeys_snapshot_invariants_are_checked() {
         ),
         (
             edit_top(&|fs| {
-                for i in 0..=MAX_ONE_TIME_PREKEYS as u64 {
-                    fs.push((
-                        2,
-                        Value::Len(encode_proto(&[
-                            (1, Value::Varint(100 + i)),
-                            (2, Value::Len(vec![1; 32])),
-                        ])),
-                    ));
-                }
-            }),
-            "one-time prekey count",
-        ),
-        (
-            edit_top(&|fs| {
                 fs.push((
                     5,
                     Value::Len(encode_proto(&[
@@ -1535,6 +1577,36 @@ fn prekeys_snapshot_invariants_are_checked() {
             "{expected}"
         );
     }
+    // More signed prekeys than MAX_SIGNED_PREKEYS is caught on the wire bytes.
+    let too_many = edit_top(&|fs| {
+        for i in 0..(MAX_SIGNED_PREKEYS - 1) as u64 {
+            fs.push((1, spk_record(100 + i, Some(1))));
+        }
+    });
+    assert_eq!(
+        PreKeys::restore(&too_many).err(),
+        Some(RestoreError::Decode(DecodeError::TooMany {
+            field: "signed_prekeys",
+            count: MAX_SIGNED_PREKEYS + 1,
+            limit: MAX_SIGNED_PREKEYS
+        }))
+    );
+    let too_many = edit_top(&|fs| {
+        for i in 0..=MAX_ONE_TIME_PREKEYS as u64 {
+            fs.push((
+                2,
+                Value::Len(encode_proto(&[
+                    (1, Value::Varint(100 + i)),
+                    (2, Value::Len(vec![1; 32])),
+                ])),
+            ));
+        }
+    });
+    assert!(matches!(
+        PreKeys::restore(&too_many).err(),
+        Some(RestoreError::Decode(DecodeError::TooMany { field: "one_time_prekeys", count, limit }))
+            if count > limit && limit == MAX_ONE_TIME_PREKEYS
+    ));
     // next ids of 0 are read as 1.
     let zero_ids = edit_top(&|fs| {
         set(fs, 3, None);

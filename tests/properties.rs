@@ -114,13 +114,9 @@ struct ReceiverModel {
 }
 
 impl ReceiverModel {
+    /// `TrySkippedMessageKeys` as the spec writes it: the store is consulted first, always.
     fn stored(&self, dh: [u8; 32], n: u32) -> Option<usize> {
-        let current_or_later = self.current == Some(dh) && n >= self.nr;
-        if current_or_later {
-            None
-        } else {
-            self.skipped.iter().position(|k| *k == (dh, n))
-        }
+        self.skipped.iter().position(|k| *k == (dh, n))
     }
 
     /// The outcome of decrypting the genuine message with header `(dh, pn, n)`: a stored key
@@ -563,6 +559,14 @@ impl Sim {
                 self.deliver_to_alice(id)?;
             }
         }
+        // The stored skipped keys are exactly the model's, entry by entry, oldest first.
+        prop_assert_eq!(
+            skipped_ids(&self.alice),
+            Vec::from(self.alice_model.skipped.clone())
+        );
+        if let Some(s) = &self.bob_session {
+            prop_assert_eq!(skipped_ids(s), Vec::from(self.bob_model.skipped.clone()));
+        }
         // Without bursts, everything not lost was decrypted (exactly once, by construction).
         if !self.had_burst {
             for (id, m) in self.msgs.iter().enumerate() {
@@ -571,6 +575,32 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// The `(ratchet key, n)` of every stored skipped key, oldest first, read from the snapshot
+/// (PROTOCOL.md §10.1: `RatchetProto.skipped`, field 10, in insertion order).
+fn skipped_ids(session: &Session) -> Vec<([u8; 32], u32)> {
+    let snapshot = session.snapshot();
+    let top = common::parse_proto(&snapshot[1..]).expect("snapshot");
+    let ratchet = common::parse_proto(&common::len_fields(&top, 7)[0]).expect("ratchet");
+    common::len_fields(&ratchet, 10)
+        .iter()
+        .map(|entry| {
+            let fields = common::parse_proto(entry).expect("skipped entry");
+            let dh: [u8; 32] = common::len_fields(&fields, 1)[0]
+                .clone()
+                .try_into()
+                .expect("32 bytes");
+            let n = fields
+                .iter()
+                .find_map(|(f, v)| match (f, v) {
+                    (2, common::Value::Varint(n)) => Some(u32::try_from(*n).expect("u32")),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            (dh, n)
+        })
+        .collect()
 }
 
 proptest! {

@@ -424,7 +424,7 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
                         .unwrap_or_else(|| panic!("{ctx}: unknown id {id}")),
                     _ => (h(e, "header"), h(e, "ciphertext"), Vec::new()),
                 };
-                let before = r.state().root_key;
+                let before = r.state();
                 let result = r.decrypt(rng, &header, &ct);
                 match (e.get("expect_error").and_then(Value::as_str), result) {
                     (None, Ok(opened)) => assert_eq!(*opened.plaintext, pt, "{ctx}: plaintext"),
@@ -432,7 +432,7 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
                     (Some(kind), Ok(_)) => panic!("{ctx}: expected {kind}, decrypted"),
                     (Some(kind), Err(err)) => {
                         assert_eq!(error_kind(&err), kind, "{ctx}: error {err}");
-                        assert_eq!(r.state().root_key, before, "{ctx}: state changed on error");
+                        assert!(r.state() == before, "{ctx}: state changed on error");
                     }
                 }
             }
@@ -520,9 +520,14 @@ fn our_vectors() {
 fn independent_known_answer_vectors() {
     let dir = kat_dir();
     if !dir.exists() {
-        // CI asserts the directory exists before running the tests (.ci/run).
+        // A clone without the shared spec directory: skip only when told to, never silently.
+        assert!(
+            std::env::var_os("CONFIDANT_SKIP_KAT").is_some(),
+            "{} not found: set CONFIDANT_KAT_DIR, or CONFIDANT_SKIP_KAT=1 to skip",
+            dir.display()
+        );
         eprintln!(
-            "skipping: {} not found (set CONFIDANT_KAT_DIR)",
+            "skipping: {} not found (CONFIDANT_SKIP_KAT set)",
             dir.display()
         );
         return;

@@ -78,7 +78,7 @@ pub(crate) fn initiate(
     bob: &Device,
     one_time: Option<OneTimePreKeyPublic>,
 ) -> Session {
-    Session::initiate(rng, alice, &bob.bundle(one_time)).expect("initiate")
+    Session::initiate(rng, alice, bob.bundle(one_time)).expect("initiate")
 }
 
 /// Parses wire bytes that must be an initial message.
