@@ -1,37 +1,41 @@
 //! The skipped-message-key store `MKSKIPPED` (PROTOCOL.md §5.4): a map from `(ratchet key, n)`
 //! to a message key, bounded by `MAX_STORED_SKIPPED` with the oldest insertion evicted first.
 //!
-//! Two ordered indexes make every operation `O(log n)`, so a full store costs an in-order
-//! decrypt one short lookup, not a scan. Keys are public header values; ordered maps keep
-//! iteration deterministic (snapshots are byte-stable) and are immune to hash flooding.
+//! Keys are grouped by chain (ratchet key), and an insertion-ordered index drives eviction, so
+//! every operation is `O(log n)`. A lookup for a chain with no stored keys, the common case of an
+//! in-order message, touches only the small per-chain map, however full the store is. Ordered maps
+//! keep iteration deterministic (snapshots are byte-stable) and are immune to hash flooding; the
+//! keys are public header values.
 
 use std::collections::BTreeMap;
 
 use crate::kdf::MessageKey;
 use crate::limits::MAX_STORED_SKIPPED;
 
-type Id = ([u8; 32], u32);
-
 #[derive(Default)]
 pub(crate) struct SkippedKeys {
-    /// `(dh, n)` → (insertion sequence number, key).
-    by_id: BTreeMap<Id, (u64, MessageKey)>,
+    /// Ratchet key → n → (insertion sequence number, key). No chain maps to an empty map.
+    by_chain: BTreeMap<[u8; 32], BTreeMap<u32, (u64, MessageKey)>>,
     /// Insertion sequence number → `(dh, n)`; the first entry is the oldest.
-    order: BTreeMap<u64, Id>,
+    order: BTreeMap<u64, ([u8; 32], u32)>,
     next_seq: u64,
 }
 
 impl SkippedKeys {
     pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
+        self.order.len()
     }
 
     pub(crate) fn get(&self, dh: &[u8; 32], n: u32) -> Option<&MessageKey> {
-        self.by_id.get(&(*dh, n)).map(|(_, key)| key)
+        self.by_chain.get(dh)?.get(&n).map(|(_, key)| key)
     }
 
     pub(crate) fn remove(&mut self, dh: &[u8; 32], n: u32) -> Option<MessageKey> {
-        let (seq, key) = self.by_id.remove(&(*dh, n))?;
+        let chain = self.by_chain.get_mut(dh)?;
+        let (seq, key) = chain.remove(&n)?;
+        if chain.is_empty() {
+            self.by_chain.remove(dh);
+        }
         self.order.remove(&seq);
         Some(key)
     }
@@ -39,27 +43,34 @@ impl SkippedKeys {
     /// `MKSKIPPED[dh, n] = key`: a new entry is the newest; assigning an existing entry replaces
     /// its key and keeps its age (map semantics). Then evicts the oldest beyond the limit.
     pub(crate) fn insert(&mut self, dh: [u8; 32], n: u32, key: MessageKey) {
-        if let Some(entry) = self.by_id.get_mut(&(dh, n)) {
+        let chain = self.by_chain.entry(dh).or_default();
+        if let Some(entry) = chain.get_mut(&n) {
             entry.1 = key;
         } else {
             let seq = self.next_seq;
             self.next_seq = self.next_seq.saturating_add(1);
-            self.by_id.insert((dh, n), (seq, key));
+            chain.insert(n, (seq, key));
             self.order.insert(seq, (dh, n));
         }
-        while self.by_id.len() > MAX_STORED_SKIPPED {
-            let Some((_, oldest)) = self.order.pop_first() else {
+        while self.order.len() > MAX_STORED_SKIPPED {
+            let Some((_, (old_dh, old_n))) = self.order.pop_first() else {
                 break;
             };
-            self.by_id.remove(&oldest);
+            if let Some(chain) = self.by_chain.get_mut(&old_dh) {
+                chain.remove(&old_n);
+                if chain.is_empty() {
+                    self.by_chain.remove(&old_dh);
+                }
+            }
         }
     }
 
     /// Entries, oldest first.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8; 32], u32, &MessageKey)> {
-        self.order
-            .values()
-            .filter_map(|id| self.by_id.get(id).map(|(_, key)| (&id.0, id.1, key)))
+        self.order.values().filter_map(|(dh, n)| {
+            let (stored_dh, chain) = self.by_chain.get_key_value(dh)?;
+            chain.get(n).map(|(_, key)| (stored_dh, *n, key))
+        })
     }
 }
 
@@ -96,5 +107,8 @@ mod tests {
         assert!(s.remove(&[1; 32], 5).is_none());
         assert_eq!(s.len(), MAX_STORED_SKIPPED - 1);
         assert_eq!(s.iter().count(), MAX_STORED_SKIPPED - 1);
+        // Emptied chains disappear.
+        assert!(s.remove(&[2; 32], 0).is_some());
+        assert!(!s.by_chain.contains_key(&[2; 32]));
     }
 }
