@@ -160,17 +160,8 @@ impl PreKeyBundle {
         if proto.kem_prekey.is_some() {
             return Err(DecodeError::Unsupported("kem_prekey"));
         }
-        let identity_key =
-            IdentityKey::from_bytes(&proto.identity_key).map_err(|error| DecodeError::Key {
-                field: "identity_key",
-                error,
-            })?;
-        let signed_prekey = SignedPreKeyPublic::from_proto(
-            proto
-                .signed_prekey
-                .as_ref()
-                .ok_or(DecodeError::InvalidField("signed_prekey"))?,
-        )?;
+        let (identity_key, signed_prekey) =
+            decode_identity_and_signed_prekey(&proto.identity_key, proto.signed_prekey.as_ref())?;
         let one_time_prekey = proto
             .one_time_prekey
             .as_ref()
@@ -225,6 +216,21 @@ impl PreKeyBundle {
         }
         self.verify()
     }
+}
+
+/// The identity key and (required) signed prekey shared by bundles and uploads.
+pub(crate) fn decode_identity_and_signed_prekey(
+    identity_key: &[u8],
+    signed_prekey: Option<&SignedPreKeyProto>,
+) -> Result<(IdentityKey, SignedPreKeyPublic), DecodeError> {
+    let identity_key = IdentityKey::from_bytes(identity_key).map_err(|error| DecodeError::Key {
+        field: "identity_key",
+        error,
+    })?;
+    let signed_prekey = SignedPreKeyPublic::from_proto(
+        signed_prekey.ok_or(DecodeError::InvalidField("signed_prekey"))?,
+    )?;
+    Ok((identity_key, signed_prekey))
 }
 
 /// A bundle whose signed prekey signature verified. Only [`PreKeyBundle::verify`] makes one,

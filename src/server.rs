@@ -3,7 +3,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use crate::bundle::{OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic};
+use crate::bundle::{self, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic};
 use crate::codec::{self, UPLOAD_V1};
 use crate::error::{DecodeError, UploadError};
 use crate::keys::IdentityKey;
@@ -40,13 +40,11 @@ impl PreKeyUpload {
     /// The encoding (leading byte `0x22`).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
-        let proto = PreKeyUploadProto {
-            identity_key: self.identity_key.to_bytes().to_vec(),
-            signed_prekey: Some(self.signed_prekey.to_proto()),
-            one_time_prekeys: self.one_time_prekeys.iter().map(|k| k.to_proto()).collect(),
-            ..Default::default()
-        };
-        codec::encode(UPLOAD_V1, &proto)
+        encode_upload(
+            self.identity_key,
+            self.signed_prekey,
+            &self.one_time_prekeys,
+        )
     }
 
     /// Decodes and fully validates an upload: key validity, the signed prekey's signature,
@@ -55,6 +53,11 @@ impl PreKeyUpload {
     /// # Errors
     /// [`UploadError`] naming the first problem found.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, UploadError> {
+        Self::parse(bytes, MAX_UPLOAD_ONE_TIME_PREKEYS)
+    }
+
+    /// Decodes and validates an upload encoding with at most `max_one_time` one-time prekeys.
+    fn parse(bytes: &[u8], max_one_time: usize) -> Result<Self, UploadError> {
         let proto: PreKeyUploadProto = codec::decode_counted(
             bytes,
             UPLOAD_V1,
@@ -62,7 +65,7 @@ impl PreKeyUpload {
             &[codec::RepeatedLimit {
                 path: &[],
                 tag: 3,
-                max: MAX_UPLOAD_ONE_TIME_PREKEYS,
+                max: max_one_time,
                 field: "one_time_prekeys",
             }],
         )
@@ -71,22 +74,9 @@ impl PreKeyUpload {
         if proto.last_resort_kem_prekey.is_some() || !proto.one_time_kem_prekeys.is_empty() {
             return Err(DecodeError::Unsupported("kem_prekey").into());
         }
-        if proto.one_time_prekeys.len() > MAX_UPLOAD_ONE_TIME_PREKEYS {
-            return Err(UploadError::TooMany {
-                count: proto.one_time_prekeys.len(),
-                limit: MAX_UPLOAD_ONE_TIME_PREKEYS,
-            });
-        }
-        let identity_key =
-            IdentityKey::from_bytes(&proto.identity_key).map_err(|error| DecodeError::Key {
-                field: "identity_key",
-                error,
-            })?;
-        let signed_prekey = SignedPreKeyPublic::from_proto(
-            proto
-                .signed_prekey
-                .as_ref()
-                .ok_or(DecodeError::InvalidField("signed_prekey"))?,
+        let (identity_key, signed_prekey) = bundle::decode_identity_and_signed_prekey(
+            &proto.identity_key,
+            proto.signed_prekey.as_ref(),
         )?;
         if !signed_prekey.verify(&identity_key) {
             return Err(UploadError::Unauthenticated);
@@ -154,7 +144,10 @@ impl DeviceKeys {
     /// # Errors
     /// [`UploadError`] as [`PreKeyUpload::from_bytes`], or [`UploadError::TooMany`].
     pub fn register(upload: &[u8]) -> Result<Self, UploadError> {
-        let upload = PreKeyUpload::from_bytes(upload)?;
+        Self::from_upload(PreKeyUpload::from_bytes(upload)?)
+    }
+
+    fn from_upload(upload: PreKeyUpload) -> Result<Self, UploadError> {
         let mut out = Self {
             identity_key: upload.identity_key,
             signed_prekey: upload.signed_prekey,
@@ -237,13 +230,8 @@ impl DeviceKeys {
     /// restore it with [`DeviceKeys::restore`]).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
-        let proto = PreKeyUploadProto {
-            identity_key: self.identity_key.to_bytes().to_vec(),
-            signed_prekey: Some(self.signed_prekey.to_proto()),
-            one_time_prekeys: self.one_time.iter().map(|k| k.to_proto()).collect(),
-            ..Default::default()
-        };
-        codec::encode(UPLOAD_V1, &proto)
+        let stock: Vec<OneTimePreKeyPublic> = self.one_time.iter().copied().collect();
+        encode_upload(self.identity_key, self.signed_prekey, &stock)
     }
 
     /// Restores a record written by [`DeviceKeys::to_bytes`], re-validating everything.
@@ -251,30 +239,23 @@ impl DeviceKeys {
     /// # Errors
     /// [`UploadError`] as for a registration, with the stock limit instead of the batch limit.
     pub fn restore(bytes: &[u8]) -> Result<Self, UploadError> {
-        let proto: PreKeyUploadProto = codec::decode_counted(
-            bytes,
-            UPLOAD_V1,
-            MAX_UPLOAD_BYTES,
-            &[codec::RepeatedLimit {
-                path: &[],
-                tag: 3,
-                max: MAX_SERVER_ONE_TIME_PREKEYS,
-                field: "one_time_prekeys",
-            }],
-        )
-        .map_err(too_many)?;
-        let mut first = proto.clone();
-        let rest = core::mem::take(&mut first.one_time_prekeys);
-        let mut out = Self::register(&codec::encode(UPLOAD_V1, &first))?;
-        for chunk in rest.chunks(MAX_UPLOAD_ONE_TIME_PREKEYS) {
-            let part = PreKeyUploadProto {
-                one_time_prekeys: chunk.to_vec(),
-                ..first.clone()
-            };
-            out.apply_upload(&codec::encode(UPLOAD_V1, &part))?;
-        }
-        Ok(out)
+        Self::from_upload(PreKeyUpload::parse(bytes, MAX_SERVER_ONE_TIME_PREKEYS)?)
     }
+}
+
+/// `0x22 || PreKeyUploadProto` (PROTOCOL.md §8.4).
+fn encode_upload(
+    identity_key: IdentityKey,
+    signed_prekey: SignedPreKeyPublic,
+    one_time_prekeys: &[OneTimePreKeyPublic],
+) -> Vec<u8> {
+    let proto = PreKeyUploadProto {
+        identity_key: identity_key.to_bytes().to_vec(),
+        signed_prekey: Some(signed_prekey.to_proto()),
+        one_time_prekeys: one_time_prekeys.iter().map(|k| k.to_proto()).collect(),
+        ..Default::default()
+    };
+    codec::encode(UPLOAD_V1, &proto)
 }
 
 /// RFC 1982 serial-number comparison on 32-bit ids: `id` is newer than `current` if it is ahead
