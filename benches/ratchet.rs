@@ -23,6 +23,7 @@ fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
     let mut prekeys = PreKeys::new(rng, &bob, Timestamp(0));
     let otk = prekeys.generate_one_time_prekeys(rng, 1).unwrap();
     let bundle = PreKeyBundle::new(bob.public(), prekeys.signed_prekey(), otk.first().copied())
+        .with_kem_prekey(prekeys.last_resort_kem_prekey())
         .verify()
         .unwrap();
     let alice = IdentityKeyPair::generate(rng);

@@ -47,15 +47,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut now = Timestamp(1_795_000_000_000);
     let mut server = Server::default();
 
-    // 1. Bob's device creates its identity and prekeys, and uploads the public halves.
+    // 1. Bob's device creates its identity and prekeys (signed X25519 prekey, last-resort
+    //    ML-KEM-1024 prekey, one-time prekeys of both kinds) and uploads the public halves.
     let bob = IdentityKeyPair::generate(&mut rng);
     let mut bob_prekeys = PreKeys::new(&mut rng, &bob, now);
     let otks = bob_prekeys.generate_one_time_prekeys(&mut rng, 5)?;
-    let upload = PreKeyUpload::new(bob.public(), bob_prekeys.signed_prekey(), otks).to_bytes();
+    let kem_otks = bob_prekeys.generate_one_time_kem_prekeys(&mut rng, &bob, 2)?;
+    let upload = PreKeyUpload::new(bob.public(), bob_prekeys.signed_prekey(), otks)
+        .with_last_resort_kem_prekey(bob_prekeys.last_resort_kem_prekey())
+        .with_one_time_kem_prekeys(kem_otks)
+        .to_bytes();
     server.bob_keys = Some(DeviceKeys::register(&upload)?);
     show(
         "bob",
-        "uploads identity + signed prekey + 5 OTKs",
+        "uploads identity + prekeys (5 EC, 2+1 KEM)",
         &format!("{} public bytes", upload.len()),
     );
     // Bob persists his identity seed and `bob_prekeys.snapshot()`, then goes offline.
@@ -69,16 +74,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bundle_bytes = fetched.bundle.to_bytes();
     show(
         "alice",
-        "fetches Bob's bundle",
+        &format!("fetches Bob's bundle ({} B)", bundle_bytes.len()),
         &format!(
-            "{} OTKs left, low stock: {}",
-            fetched.remaining_one_time_prekeys, fetched.low_stock
+            "{} EC + {} KEM one-time prekeys left",
+            fetched.remaining_one_time_prekeys, fetched.remaining_one_time_kem_prekeys
         ),
     );
     let alice = IdentityKeyPair::generate(&mut rng);
     let bundle = PreKeyBundle::from_bytes(&bundle_bytes)?.verify()?;
     // In a real app Alice now checks bundle.identity_key() against what she trusts for Bob.
+    // The bundle has a KEM prekey, so this is PQXDH; a bundle without one is refused by default.
     let mut alice_session = Session::initiate(&mut rng, &alice, bundle)?;
+    show(
+        "alice",
+        &format!("starts a {:?} session", alice_session.handshake()),
+        "-",
+    );
 
     // 3. Alice sends two messages while Bob is offline.
     for text in ["Hi Bob, it's Alice.", "Are you there?"] {

@@ -2,9 +2,10 @@
 
 use crate::codec::{self, BUNDLE_V1};
 use crate::error::{BundleError, DecodeError};
+use crate::kem::KemPublicKey;
 use crate::keys::{IdentityKey, PublicKey};
 use crate::limits::MAX_BUNDLE_BYTES;
-use crate::proto::{OneTimePreKeyProto, PreKeyBundleProto, SignedPreKeyProto};
+use crate::proto::{KemPreKeyProto, OneTimePreKeyProto, PreKeyBundleProto, SignedPreKeyProto};
 use crate::time::Timestamp;
 
 /// The public half of a signed prekey: id, X25519 key, Ed25519 signature over `0x05 || key`,
@@ -126,13 +127,77 @@ impl OneTimePreKeyPublic {
     }
 }
 
-/// A prekey bundle as served: identity key, signed prekey, optionally one one-time prekey.
-/// Unverified; [`PreKeyBundle::verify`] is the only way to a [`VerifiedBundle`].
+/// The public half of a signed ML-KEM-1024 prekey (PQXDH, PROTOCOL.md §13.1): id,
+/// encapsulation key, and an Ed25519 signature over `EncodeKEM(key) = 0x0A || key`. One-time and
+/// last-resort KEM prekeys look the same; they share one id space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KemPreKeyPublic {
+    pub(crate) id: u32,
+    pub(crate) key: KemPublicKey,
+    pub(crate) signature: [u8; 64],
+}
+
+impl KemPreKeyPublic {
+    /// Assembles a KEM prekey from its parts (the signature is checked by
+    /// [`PreKeyBundle::verify`], not here).
+    #[must_use]
+    pub fn new(id: u32, key: KemPublicKey, signature: [u8; 64]) -> Self {
+        Self { id, key, signature }
+    }
+
+    /// The prekey id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The ML-KEM-1024 encapsulation key.
+    #[must_use]
+    pub fn key(&self) -> &KemPublicKey {
+        &self.key
+    }
+
+    /// The Ed25519 signature over `0x0A || key`.
+    #[must_use]
+    pub fn signature(&self) -> [u8; 64] {
+        self.signature
+    }
+
+    /// Whether `identity` signed this prekey (strict RFC 8032 verification).
+    #[must_use]
+    pub fn verify(&self, identity: &IdentityKey) -> bool {
+        identity.verify(&self.key.encode(), &self.signature)
+    }
+
+    pub(crate) fn to_proto(&self) -> KemPreKeyProto {
+        KemPreKeyProto {
+            id: self.id,
+            public_key: self.key.as_bytes().to_vec(),
+            signature: self.signature.to_vec(),
+        }
+    }
+
+    pub(crate) fn from_proto(proto: &KemPreKeyProto) -> Result<Self, DecodeError> {
+        Ok(Self {
+            id: proto.id,
+            key: KemPublicKey::from_bytes(&proto.public_key).map_err(|error| DecodeError::Key {
+                field: "kem_prekey",
+                error,
+            })?,
+            signature: codec::array(&proto.signature, "kem_prekey.signature")?,
+        })
+    }
+}
+
+/// A prekey bundle as served: identity key, signed prekey, optionally one one-time prekey, and
+/// (for PQXDH) exactly one signed KEM prekey. Unverified; [`PreKeyBundle::verify`] is the only
+/// way to a [`VerifiedBundle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreKeyBundle {
     pub(crate) identity_key: IdentityKey,
     pub(crate) signed_prekey: SignedPreKeyPublic,
     pub(crate) one_time_prekey: Option<OneTimePreKeyPublic>,
+    pub(crate) kem_prekey: Option<KemPreKeyPublic>,
 }
 
 impl PreKeyBundle {
@@ -147,7 +212,21 @@ impl PreKeyBundle {
             identity_key,
             signed_prekey,
             one_time_prekey,
+            kem_prekey: None,
         }
+    }
+
+    /// Adds (or replaces) the KEM prekey, making this a PQXDH bundle.
+    #[must_use]
+    pub fn with_kem_prekey(mut self, kem_prekey: KemPreKeyPublic) -> Self {
+        self.kem_prekey = Some(kem_prekey);
+        self
+    }
+
+    /// The KEM prekey, if the bundle offers PQXDH.
+    #[must_use]
+    pub fn kem_prekey(&self) -> Option<&KemPreKeyPublic> {
+        self.kem_prekey.as_ref()
     }
 
     /// Parses a bundle (leading byte `0x21`), validating every key but not the signature.
@@ -156,10 +235,6 @@ impl PreKeyBundle {
     /// [`DecodeError`] on malformed input or an invalid key.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let proto: PreKeyBundleProto = codec::decode(bytes, BUNDLE_V1, MAX_BUNDLE_BYTES)?;
-        // PROTOCOL.md §8.4: a KEM prekey must never be ignored (that would be a downgrade).
-        if proto.kem_prekey.is_some() {
-            return Err(DecodeError::Unsupported("kem_prekey"));
-        }
         let (identity_key, signed_prekey) =
             decode_identity_and_signed_prekey(&proto.identity_key, proto.signed_prekey.as_ref())?;
         let one_time_prekey = proto
@@ -167,10 +242,16 @@ impl PreKeyBundle {
             .as_ref()
             .map(OneTimePreKeyPublic::from_proto)
             .transpose()?;
+        let kem_prekey = proto
+            .kem_prekey
+            .as_ref()
+            .map(KemPreKeyPublic::from_proto)
+            .transpose()?;
         Ok(Self {
             identity_key,
             signed_prekey,
             one_time_prekey,
+            kem_prekey,
         })
     }
 
@@ -181,7 +262,7 @@ impl PreKeyBundle {
             identity_key: self.identity_key.to_bytes().to_vec(),
             signed_prekey: Some(self.signed_prekey.to_proto()),
             one_time_prekey: self.one_time_prekey.map(OneTimePreKeyPublic::to_proto),
-            kem_prekey: None,
+            kem_prekey: self.kem_prekey.as_ref().map(KemPreKeyPublic::to_proto),
         };
         codec::encode(BUNDLE_V1, &proto)
     }
@@ -192,15 +273,22 @@ impl PreKeyBundle {
         self.identity_key
     }
 
-    /// Verifies the signed prekey's signature under the bundle's own identity key.
+    /// Verifies the signed prekey's and, if present, the KEM prekey's signature under the
+    /// bundle's own identity key (PROFILE-pqxdh §4: both must verify; an invalid KEM signature
+    /// is never treated as "no KEM prekey").
     ///
     /// Whether that identity is the peer's is the caller's trust decision (safety numbers);
     /// use [`verify_for`](Self::verify_for) when the identity is already known.
     ///
     /// # Errors
-    /// [`BundleError::Unauthenticated`] if the signature does not verify.
+    /// [`BundleError::Unauthenticated`] if a signature does not verify.
     pub fn verify(self) -> Result<VerifiedBundle, BundleError> {
         if !self.signed_prekey.verify(&self.identity_key) {
+            return Err(BundleError::Unauthenticated);
+        }
+        if let Some(kem) = &self.kem_prekey
+            && !kem.verify(&self.identity_key)
+        {
             return Err(BundleError::Unauthenticated);
         }
         Ok(VerifiedBundle(self))
@@ -256,5 +344,11 @@ impl VerifiedBundle {
     #[must_use]
     pub fn one_time_prekey(&self) -> Option<OneTimePreKeyPublic> {
         self.0.one_time_prekey
+    }
+
+    /// The KEM prekey; present means the bundle must be used with PQXDH.
+    #[must_use]
+    pub fn kem_prekey(&self) -> Option<&KemPreKeyPublic> {
+        self.0.kem_prekey.as_ref()
     }
 }

@@ -94,6 +94,14 @@ pub enum HandshakeError {
     /// The initial message names a signed prekey this device does not hold (or no longer holds).
     #[error("unknown signed prekey {0}")]
     UnknownSignedPreKey(u32),
+    /// The policy requires PQXDH: the bundle has no KEM prekey (initiator), or the initial
+    /// message is X3DH (responder). See [`HandshakePolicy`](crate::HandshakePolicy).
+    #[error("post-quantum handshake required")]
+    PostQuantumRequired,
+    /// The initial message names a KEM prekey this device does not hold (unknown, a used
+    /// one-time KEM prekey, or a pruned last-resort one).
+    #[error("unknown or already used KEM prekey {0}")]
+    UnknownKemPreKey(u32),
     /// The initial message names a one-time prekey that is unknown or already used.
     #[error("unknown or already used one-time prekey {0}")]
     UnknownOneTimePreKey(u32),
@@ -106,10 +114,13 @@ pub enum HandshakeError {
     /// The replay record for this signed prekey is full (`limit` initial messages without a
     /// one-time prekey were accepted for it). Rotate the signed prekey and publish the new
     /// one; this refuses instead of forgetting, so a replay can never create a second session.
-    #[error("replay record of signed prekey {signed_prekey_id} is full ({limit}): rotate it")]
+    #[error("replay record is full ({limit} entries): rotate the prekey")]
     ReplayRecordFull {
         /// The signed prekey the message names.
         signed_prekey_id: u32,
+        /// For PQXDH with a last-resort KEM prekey, the KEM prekey whose record is full: rotate
+        /// that one ([`PreKeys::rotate_last_resort_kem_prekey`](crate::PreKeys::rotate_last_resort_kem_prekey)).
+        kem_prekey_id: Option<u32>,
         /// [`MAX_ACCEPTED_BASE_KEYS`](crate::limits::MAX_ACCEPTED_BASE_KEYS).
         limit: usize,
     },
@@ -215,6 +226,22 @@ pub enum UploadError {
     /// A one-time prekey id appears twice, or is already stocked.
     #[error("duplicate one-time prekey id {0}")]
     DuplicateId(u32),
+    /// A KEM prekey id appears twice (one-time and last-resort share one id space), or is
+    /// already stocked.
+    #[error("duplicate KEM prekey id {0}")]
+    DuplicateKemId(u32),
+    /// One-time KEM prekeys were uploaded for a device that has published no last-resort KEM
+    /// prekey (include one in the same or an earlier upload).
+    #[error("one-time KEM prekeys without a last-resort KEM prekey")]
+    MissingLastResortKemPreKey,
+    /// A newer last-resort KEM prekey replaces the current one only with a newer id.
+    #[error("last-resort KEM prekey id {id} is not newer than {current}")]
+    StaleKemPreKey {
+        /// Uploaded id.
+        id: u32,
+        /// Currently published id.
+        current: u32,
+    },
     /// The batch or the stock would exceed a limit.
     #[error("{count} one-time prekeys exceed the limit of {limit}")]
     TooMany {

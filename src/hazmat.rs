@@ -13,6 +13,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::bundle::VerifiedBundle;
 use crate::error::{DecryptError, EncryptError, HandshakeError};
 use crate::kdf::RootKey;
+use crate::kem::{KEM_CIPHERTEXT_LEN, KemPublicKey, KemSecret};
 use crate::keys::{IdentityKey, IdentityKeyPair, PublicKey};
 use crate::ratchet::{self, HEADER_LEN};
 use crate::x3dh;
@@ -26,6 +27,8 @@ pub struct X3dhOutput {
     pub associated_data: Vec<u8>,
     /// `DH1..DH3` or `DH1..DH4`, in order.
     pub dh: Vec<[u8; 32]>,
+    /// `SS` for PQXDH on the responder side (the decapsulated KEM secret); `None` otherwise.
+    pub kem_shared_secret: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for X3dhOutput {
@@ -41,10 +44,12 @@ fn output(agreement: &x3dh::Agreement) -> X3dhOutput {
         shared_secret: *agreement.shared_secret.as_bytes(),
         associated_data: agreement.associated_data.clone(),
         dh: agreement.dh.iter().map(|d| **d).collect(),
+        kem_shared_secret: None,
     }
 }
 
-/// X3DH as initiator with an explicit ephemeral secret.
+/// X3DH as initiator with an explicit ephemeral secret. A KEM prekey in the bundle is
+/// ignored here (use [`pqxdh_initiate`]).
 ///
 /// # Errors
 /// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
@@ -52,6 +57,38 @@ pub fn x3dh_initiate(
     identity: &IdentityKeyPair,
     ephemeral_private: &[u8; 32],
     bundle: &VerifiedBundle,
+    appendix: &[u8],
+) -> Result<X3dhOutput, HandshakeError> {
+    initiate(identity, ephemeral_private, bundle, None, appendix)
+}
+
+/// PQXDH as initiator with an explicit ephemeral secret and KEM shared secret `SS`
+/// (PROTOCOL.md §13.3); the bundle's KEM prekey is not used (encapsulate with
+/// [`kem_encapsulate`] to obtain `SS` and the ciphertext).
+///
+/// # Errors
+/// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
+pub fn pqxdh_initiate(
+    identity: &IdentityKeyPair,
+    ephemeral_private: &[u8; 32],
+    bundle: &VerifiedBundle,
+    kem_shared_secret: &[u8; 32],
+    appendix: &[u8],
+) -> Result<X3dhOutput, HandshakeError> {
+    initiate(
+        identity,
+        ephemeral_private,
+        bundle,
+        Some(kem_shared_secret),
+        appendix,
+    )
+}
+
+fn initiate(
+    identity: &IdentityKeyPair,
+    ephemeral_private: &[u8; 32],
+    bundle: &VerifiedBundle,
+    kem_shared_secret: Option<&[u8; 32]>,
     appendix: &[u8],
 ) -> Result<X3dhOutput, HandshakeError> {
     let ephemeral = StaticSecret::from(*ephemeral_private);
@@ -64,6 +101,7 @@ pub fn x3dh_initiate(
             .one_time_prekey()
             .map(|k| k.key().to_bytes())
             .as_ref(),
+        kem_shared_secret,
         appendix,
     )
     .ok_or(HandshakeError::Unauthenticated)?;
@@ -82,6 +120,55 @@ pub fn x3dh_respond(
     initiator_ephemeral: &PublicKey,
     appendix: &[u8],
 ) -> Result<X3dhOutput, HandshakeError> {
+    respond(
+        identity,
+        signed_prekey_private,
+        one_time_prekey_private,
+        initiator_identity,
+        initiator_ephemeral,
+        None,
+        appendix,
+    )
+}
+
+/// PQXDH as responder with explicit prekey secrets: decapsulates `kem_ciphertext` with the KEM
+/// prekey `kem_seed` and derives `SK` (PROTOCOL.md §13.5). The returned
+/// [`X3dhOutput::kem_shared_secret`] is the decapsulated `SS`.
+///
+/// # Errors
+/// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
+#[allow(clippy::too_many_arguments)]
+pub fn pqxdh_respond(
+    identity: &IdentityKeyPair,
+    signed_prekey_private: &[u8; 32],
+    one_time_prekey_private: Option<&[u8; 32]>,
+    kem_seed: &[u8; 64],
+    kem_ciphertext: &[u8; KEM_CIPHERTEXT_LEN],
+    initiator_identity: &IdentityKey,
+    initiator_ephemeral: &PublicKey,
+    appendix: &[u8],
+) -> Result<X3dhOutput, HandshakeError> {
+    let ss = KemSecret::from_seed(kem_seed).decapsulate(kem_ciphertext);
+    respond(
+        identity,
+        signed_prekey_private,
+        one_time_prekey_private,
+        initiator_identity,
+        initiator_ephemeral,
+        Some(&ss),
+        appendix,
+    )
+}
+
+fn respond(
+    identity: &IdentityKeyPair,
+    signed_prekey_private: &[u8; 32],
+    one_time_prekey_private: Option<&[u8; 32]>,
+    initiator_identity: &IdentityKey,
+    initiator_ephemeral: &PublicKey,
+    kem_shared_secret: Option<&[u8; 32]>,
+    appendix: &[u8],
+) -> Result<X3dhOutput, HandshakeError> {
     let spk = StaticSecret::from(*signed_prekey_private);
     let opk = one_time_prekey_private.map(|k| StaticSecret::from(*k));
     let agreement = x3dh::respond(
@@ -90,10 +177,43 @@ pub fn x3dh_respond(
         opk.as_ref(),
         initiator_identity,
         &initiator_ephemeral.to_bytes(),
+        kem_shared_secret,
         appendix,
     )
     .ok_or(HandshakeError::Unauthenticated)?;
-    Ok(output(&agreement))
+    let mut out = output(&agreement);
+    out.kem_shared_secret = kem_shared_secret.copied();
+    Ok(out)
+}
+
+/// The ML-KEM-1024 encapsulation key of a 64-byte FIPS 203 seed `d || z`.
+#[must_use]
+pub fn kem_public(seed: &[u8; 64]) -> KemPublicKey {
+    KemSecret::from_seed(seed).public()
+}
+
+/// `ML-KEM-1024.Decaps` with the key of `seed` (implicit rejection).
+#[must_use]
+pub fn kem_decapsulate(
+    seed: &[u8; 64],
+    ciphertext: &[u8; KEM_CIPHERTEXT_LEN],
+) -> Zeroizing<[u8; 32]> {
+    KemSecret::from_seed(seed).decapsulate(ciphertext)
+}
+
+/// `ML-KEM-1024.Encaps` with 32 bytes of `rng`: returns `(CT, SS)`.
+#[must_use]
+pub fn kem_encapsulate(
+    rng: &mut (impl CryptoRng + ?Sized),
+    key: &KemPublicKey,
+) -> (Box<[u8; KEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
+    key.encapsulate(rng)
+}
+
+/// Ed25519 signature of `identity` over `EncodeKEM(key) = 0x0A || key`.
+#[must_use]
+pub fn sign_kem_prekey(identity: &IdentityKeyPair, key: &KemPublicKey) -> [u8; 64] {
+    identity.sign(&key.encode())
 }
 
 /// The X25519 public key of a private key.

@@ -11,6 +11,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// `X3DH_INFO` (PROTOCOL.md §2).
 pub(crate) const X3DH_INFO: &[u8] = b"E2EE_X3DH_v1";
+/// `PQXDH_INFO`: `info_curve_hash_pqkem` (PROFILE-pqxdh §2, PROTOCOL.md §13.2).
+pub(crate) const PQXDH_INFO: &[u8] = b"E2EE_PQXDH_v1_CURVE25519_SHA-256_ML-KEM-1024";
 /// `RK_INFO`, the KDF_RK label (PROTOCOL.md §2).
 pub(crate) const RK_INFO: &[u8] = b"E2EE_Ratchet_v1";
 /// `MK_INFO`, the message-key expansion label (PROTOCOL.md §2).

@@ -3,8 +3,6 @@
 use core::fmt;
 
 use curve25519_dalek::edwards::CompressedEdwardsY;
-use curve25519_dalek::montgomery::MontgomeryPoint;
-use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRng;
 use subtle::ConstantTimeEq;
@@ -232,11 +230,38 @@ fn is_canonical_u(u: &[u8; 32]) -> bool {
     !(top_is_max && u[0] >= 0xed)
 }
 
-/// True if `8 * u` is the identity, i.e. the point has order dividing 8 (on the curve or twist).
+/// The canonical u-coordinates of every point of order dividing 8, on the curve (orders 2, 4
+/// and 8) and on its twist (order 4): 0, 1, two points of order 8, and p - 1. Non-canonical
+/// encodings are rejected before this check. (The same list as libsodium's blocklist.)
+const SMALL_ORDER_U: [[u8; 32]; 5] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
+
+/// True if the canonical `u` is a point of order dividing 8 (on the curve or the twist).
 fn is_small_order_u(u: &[u8; 32]) -> bool {
-    let eight = Scalar::from(8u8);
-    let product = MontgomeryPoint(*u) * eight;
-    product.to_bytes().ct_eq(&[0u8; 32]).into()
+    SMALL_ORDER_U
+        .iter()
+        .fold(subtle::Choice::from(0), |acc, bad| acc | bad.ct_eq(u))
+        .into()
 }
 
 /// Lower-case hex for `Debug` of public values.
@@ -253,6 +278,9 @@ impl fmt::Display for Hex<'_> {
 
 #[cfg(test)]
 mod tests {
+    use curve25519_dalek::montgomery::MontgomeryPoint;
+    use curve25519_dalek::scalar::Scalar;
+
     use super::*;
 
     fn unhex(s: &str) -> [u8; 32] {
@@ -296,6 +324,21 @@ mod tests {
         let mut base = [0u8; 32];
         base[0] = 9;
         assert!(PublicKey::from_bytes(&base).is_ok());
+    }
+
+    /// The blocklist is exactly the set of canonical u whose point has order dividing 8: each
+    /// listed u is annihilated by 8, and random public keys are neither listed nor annihilated.
+    #[test]
+    fn small_order_list_matches_multiplication_by_eight() {
+        let eight = Scalar::from(8u8);
+        for u in SMALL_ORDER_U {
+            assert_eq!((MontgomeryPoint(u) * eight).to_bytes(), [0u8; 32]);
+        }
+        for i in 0..64u8 {
+            let u = PublicKey::from_secret(&StaticSecret::from([i; 32])).to_bytes();
+            assert!(!is_small_order_u(&u));
+            assert_ne!((MontgomeryPoint(u) * eight).to_bytes(), [0u8; 32]);
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! let bob = IdentityKeyPair::generate(&mut rng);
 //! let mut bob_prekeys = PreKeys::new(&mut rng, &bob, now);
 //! let otk = bob_prekeys.generate_one_time_prekeys(&mut rng, 1)?;
-//! let bundle = PreKeyBundle::new(bob.public(), bob_prekeys.signed_prekey(), otk.first().copied());
+//! let bundle = PreKeyBundle::new(bob.public(), bob_prekeys.signed_prekey(), otk.first().copied())
+//!     .with_kem_prekey(bob_prekeys.last_resort_kem_prekey()); // PQXDH (ML-KEM-1024)
 //!
 //! // Alice verifies it and sends while Bob is offline.
 //! let alice = IdentityKeyPair::generate(&mut rng);
@@ -52,6 +53,7 @@ mod codec;
 mod error;
 pub mod hazmat;
 mod kdf;
+mod kem;
 mod keys;
 pub mod limits;
 mod prekeys;
@@ -64,19 +66,24 @@ mod time;
 mod wire;
 mod x3dh;
 
-pub use bundle::{OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic, VerifiedBundle};
+pub use bundle::{
+    KemPreKeyPublic, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic, VerifiedBundle,
+};
 pub use error::{
     BundleError, DecodeError, DecryptError, EncryptError, HandshakeError, KeyError, PreKeyError,
     RestoreError, UploadError,
 };
+pub use kem::{KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPublicKey};
 pub use keys::{IdentityKey, IdentityKeyPair, PublicKey};
-pub use prekeys::{Accepted, PreKeys};
-pub use session::{Role, Session};
+pub use prekeys::{Accepted, PreKeys, Pruned};
+pub use session::{HandshakePolicy, Role, Session};
 pub use time::Timestamp;
 pub use wire::{Handshake, Message, PreKeyMessage, RatchetMessage};
 
 /// The pairwise profile this crate implements (PROTOCOL.md §1).
 pub const PROFILE_ID: &str = "x3dh-dr-ed25519-x25519-sha256-aesgcm/v1";
+/// The post-quantum session-setup profile this crate implements (PROTOCOL.md §13).
+pub const PQXDH_PROFILE_ID: &str = "pqxdh-ed25519-x25519-mlkem1024-sha256/v1";
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -14,8 +14,15 @@ pub const MAX_PLAINTEXT: usize = 256 * 1024;
 pub const MAX_MESSAGE_BYTES: usize = MAX_PLAINTEXT + 4096;
 /// Largest encoded prekey bundle accepted by the decoder.
 pub const MAX_BUNDLE_BYTES: usize = 4096;
-/// Largest encoded prekey upload accepted by the decoder.
-pub const MAX_UPLOAD_BYTES: usize = 64 * 1024;
+/// Largest encoded prekey upload accepted by the decoder (room for a full batch of one-time
+/// KEM prekeys, 1.6 KiB each).
+pub const MAX_UPLOAD_BYTES: usize = 256 * 1024;
+/// Largest stored key-server record ([`DeviceKeys::to_bytes`](crate::server::DeviceKeys::to_bytes)).
+pub const MAX_DEVICE_RECORD_BYTES: usize = 512 * 1024;
+/// Most one-time KEM prekeys in one upload.
+pub const MAX_UPLOAD_ONE_TIME_KEM_PREKEYS: usize = 100;
+/// Most one-time KEM prekeys a key server stocks per device.
+pub const MAX_SERVER_ONE_TIME_KEM_PREKEYS: usize = 200;
 /// Most one-time prekeys in one upload.
 pub const MAX_UPLOAD_ONE_TIME_PREKEYS: usize = 200;
 /// Most one-time prekeys a key server stocks per device.
@@ -24,12 +31,17 @@ pub const MAX_SERVER_ONE_TIME_PREKEYS: usize = 1000;
 pub const LOW_ONE_TIME_PREKEY_STOCK: usize = 20;
 /// Most one-time prekey secrets a device holds.
 pub const MAX_ONE_TIME_PREKEYS: usize = 2000;
+/// Most one-time KEM prekey secrets (64-byte seeds) a device holds.
+pub const MAX_ONE_TIME_KEM_PREKEYS: usize = 500;
+/// Most last-resort KEM prekeys a device holds (the current one plus retired ones).
+pub const MAX_LAST_RESORT_KEM_PREKEYS: usize = 16;
 /// Most signed prekeys a device holds (the current one plus retired ones in their grace period).
 pub const MAX_SIGNED_PREKEYS: usize = 16;
-/// Most base keys remembered per signed prekey to reject replayed initial messages that used no
-/// one-time prekey. Never forgotten while the signed prekey is held; when full, such messages are
-/// refused until the signed prekey is rotated (PROTOCOL.md §6.3). With [`MAX_SIGNED_PREKEYS`] this
-/// bounds the record at 32 000 entries.
+/// Most entries of one replay record: per signed prekey (X3DH accepts without a one-time
+/// prekey) and per last-resort KEM prekey (PQXDH accepts with it). Never forgotten while the key
+/// is held; when full, such messages are refused until the key is rotated (PROTOCOL.md §6.3,
+/// §13.5). With [`MAX_SIGNED_PREKEYS`] and [`MAX_LAST_RESORT_KEM_PREKEYS`] this bounds the records
+/// at 64 000 entries.
 pub const MAX_ACCEPTED_BASE_KEYS: usize = 2000;
 /// Default grace period for a replaced signed prekey: 30 days in milliseconds.
 pub const SIGNED_PREKEY_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
@@ -37,5 +49,6 @@ pub const SIGNED_PREKEY_GRACE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 pub const MAX_AD_APPENDIX: usize = 1024;
 /// Shortest ciphertext a ratchet message may carry: the 16-byte AES-GCM tag.
 pub const MIN_CIPHERTEXT: usize = 16;
-/// Largest snapshot accepted by a `restore`.
-pub const MAX_SNAPSHOT_BYTES: usize = 2 * 1024 * 1024;
+/// Largest snapshot accepted by a `restore`: room for a `PreKeys` snapshot with every replay
+/// record full (32 keys × `MAX_ACCEPTED_BASE_KEYS` entries, about 2.9 MB).
+pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;

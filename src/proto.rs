@@ -19,7 +19,7 @@ pub struct RatchetMessageProto {
     pub ciphertext: Vec<u8>,
 }
 
-/// An initial (prekey) message. Next tag: 9. Tags 6 and 7 are reserved for PQXDH.
+/// An initial (prekey) message. Next tag: 9. Tags 6 and 7 are set exactly for PQXDH.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PreKeyMessageProto {
     #[prost(uint32, tag = "1")]
@@ -64,13 +64,20 @@ pub struct OneTimePreKeyProto {
     pub public_key: Vec<u8>,
 }
 
-/// A KEM prekey (PQXDH, PROFILE-pqxdh §3). Declared so that a v1 decoder can see, and reject,
-/// a bundle or upload that carries one instead of silently ignoring it (a downgrade).
-/// Next tag: 1 (contents defined with PQXDH support).
+/// A signed ML-KEM-1024 prekey (PQXDH, PROFILE-pqxdh §3). Next tag: 4.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct KemPreKeyProto {}
+pub struct KemPreKeyProto {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    /// The raw 1568-byte encapsulation key (no type byte).
+    #[prost(bytes = "vec", tag = "2")]
+    pub public_key: Vec<u8>,
+    /// Ed25519 over `0x0A || public_key`.
+    #[prost(bytes = "vec", tag = "3")]
+    pub signature: Vec<u8>,
+}
 
-/// Next tag: 5. Tag 4 is the PQXDH KEM prekey, rejected by v1.
+/// Next tag: 5.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PreKeyBundleProto {
     #[prost(bytes = "vec", tag = "1")]
@@ -83,7 +90,7 @@ pub struct PreKeyBundleProto {
     pub kem_prekey: Option<KemPreKeyProto>,
 }
 
-/// Next tag: 6. Tags 4 (last-resort) and 5 (one-time) are PQXDH KEM prekeys, rejected by v1.
+/// Next tag: 6.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PreKeyUploadProto {
     #[prost(bytes = "vec", tag = "1")]
@@ -136,13 +143,19 @@ pub struct RatchetProto {
     pub skipped: Vec<SkippedKeyProto>,
 }
 
-/// Next tag: 3.
+/// Next tag: 5.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PendingPreKeyProto {
     #[prost(uint32, tag = "1")]
     pub signed_prekey_id: u32,
     #[prost(uint32, optional, tag = "2")]
     pub one_time_prekey_id: Option<u32>,
+    /// PQXDH only.
+    #[prost(uint32, optional, tag = "3")]
+    pub kem_prekey_id: Option<u32>,
+    /// PQXDH only: the 1568-byte ciphertext repeated in every initial message.
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub kem_ciphertext: Option<Vec<u8>>,
 }
 
 /// Next tag: 8.
@@ -188,16 +201,35 @@ pub struct OneTimePreKeySecretProto {
     pub private_key: Vec<u8>,
 }
 
-/// Next tag: 3.
+/// A replay-record entry. Next tag: 4.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AcceptedBaseKeyProto {
     #[prost(uint32, tag = "1")]
     pub signed_prekey_id: u32,
     #[prost(bytes = "vec", tag = "2")]
     pub base_key: Vec<u8>,
+    /// Set for a PQXDH accept with this last-resort KEM prekey (PROFILE-pqxdh §6.4).
+    #[prost(uint32, optional, tag = "3")]
+    pub kem_prekey_id: Option<u32>,
 }
 
+/// A KEM prekey secret: its FIPS 203 seed; for last-resort keys also the signature and times.
 /// Next tag: 6.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KemPreKeySecretProto {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub seed: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub signature: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub created_at: u64,
+    #[prost(uint64, optional, tag = "5")]
+    pub retired_at: Option<u64>,
+}
+
+/// Next tag: 10.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PreKeysProto {
     #[prost(message, repeated, tag = "1")]
@@ -210,6 +242,15 @@ pub struct PreKeysProto {
     pub next_one_time_prekey_id: u32,
     #[prost(message, repeated, tag = "5")]
     pub accepted_base_keys: Vec<AcceptedBaseKeyProto>,
+    #[prost(message, repeated, tag = "6")]
+    pub last_resort_kem_prekeys: Vec<KemPreKeySecretProto>,
+    #[prost(message, repeated, tag = "7")]
+    pub one_time_kem_prekeys: Vec<KemPreKeySecretProto>,
+    #[prost(uint32, tag = "8")]
+    pub next_kem_prekey_id: u32,
+    /// `HandshakePolicy::AllowClassical` when true (default: require PQXDH).
+    #[prost(bool, tag = "9")]
+    pub allow_classical: bool,
 }
 
 // Secret-bearing snapshot structs are wiped when dropped.
@@ -232,6 +273,12 @@ impl Drop for RatchetProto {
 impl Drop for SignedPreKeySecretProto {
     fn drop(&mut self) {
         self.private_key.zeroize();
+    }
+}
+
+impl Drop for KemPreKeySecretProto {
+    fn drop(&mut self) {
+        self.seed.zeroize();
     }
 }
 

@@ -1,26 +1,50 @@
-//! Key-server side, sans-IO (PROTOCOL.md §7): validate uploads, serve bundles that use each
-//! one-time prekey at most once, and report low stock. The server needs no secrets.
+//! Key-server side, sans-IO (PROTOCOL.md §7, §13.6): validate uploads, serve bundles that use
+//! each one-time prekey (EC and KEM) at most once, and report low stock. The server needs no
+//! secrets.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
-use crate::bundle::{self, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic};
-use crate::codec::{self, UPLOAD_V1};
+use crate::bundle::{self, KemPreKeyPublic, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic};
+use crate::codec::{self, RepeatedLimit, UPLOAD_V1};
 use crate::error::{DecodeError, UploadError};
 use crate::keys::IdentityKey;
 use crate::limits::{
-    LOW_ONE_TIME_PREKEY_STOCK, MAX_SERVER_ONE_TIME_PREKEYS, MAX_UPLOAD_BYTES,
+    LOW_ONE_TIME_PREKEY_STOCK, MAX_DEVICE_RECORD_BYTES, MAX_SERVER_ONE_TIME_KEM_PREKEYS,
+    MAX_SERVER_ONE_TIME_PREKEYS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ONE_TIME_KEM_PREKEYS,
     MAX_UPLOAD_ONE_TIME_PREKEYS,
 };
 use crate::proto::PreKeyUploadProto;
 
-/// What a device uploads to the key server: its identity key, current signed prekey and a
-/// batch of one-time prekeys (PROTOCOL.md §7.1).
+/// What a device uploads to the key server (PROTOCOL.md §7.1, §13.6): its identity key,
+/// current signed prekey, optionally its current last-resort KEM prekey, and batches of
+/// one-time EC and KEM prekeys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreKeyUpload {
     identity_key: IdentityKey,
     signed_prekey: SignedPreKeyPublic,
     one_time_prekeys: Vec<OneTimePreKeyPublic>,
+    last_resort_kem_prekey: Option<KemPreKeyPublic>,
+    one_time_kem_prekeys: Vec<KemPreKeyPublic>,
 }
+
+/// Upload and record size limits: a single upload, or a stored [`DeviceKeys`] record.
+struct Limits {
+    bytes: usize,
+    one_time: usize,
+    one_time_kem: usize,
+}
+
+const UPLOAD: Limits = Limits {
+    bytes: MAX_UPLOAD_BYTES,
+    one_time: MAX_UPLOAD_ONE_TIME_PREKEYS,
+    one_time_kem: MAX_UPLOAD_ONE_TIME_KEM_PREKEYS,
+};
+
+const RECORD: Limits = Limits {
+    bytes: MAX_DEVICE_RECORD_BYTES,
+    one_time: MAX_SERVER_ONE_TIME_PREKEYS,
+    one_time_kem: MAX_SERVER_ONE_TIME_KEM_PREKEYS,
+};
 
 impl PreKeyUpload {
     /// Assembles an upload (client side).
@@ -34,7 +58,23 @@ impl PreKeyUpload {
             identity_key,
             signed_prekey,
             one_time_prekeys,
+            last_resort_kem_prekey: None,
+            one_time_kem_prekeys: Vec::new(),
         }
+    }
+
+    /// Adds the current last-resort KEM prekey.
+    #[must_use]
+    pub fn with_last_resort_kem_prekey(mut self, prekey: KemPreKeyPublic) -> Self {
+        self.last_resort_kem_prekey = Some(prekey);
+        self
+    }
+
+    /// Adds a batch of one-time KEM prekeys.
+    #[must_use]
+    pub fn with_one_time_kem_prekeys(mut self, prekeys: Vec<KemPreKeyPublic>) -> Self {
+        self.one_time_kem_prekeys = prekeys;
+        self
     }
 
     /// The encoding (leading byte `0x22`).
@@ -43,37 +83,43 @@ impl PreKeyUpload {
         encode_upload(
             self.identity_key,
             self.signed_prekey,
-            &self.one_time_prekeys,
+            self.one_time_prekeys.iter(),
+            self.last_resort_kem_prekey.as_ref(),
+            self.one_time_kem_prekeys.iter(),
         )
     }
 
-    /// Decodes and fully validates an upload: key validity, the signed prekey's signature,
-    /// unique one-time prekey ids, and the batch size limit.
+    /// Decodes and fully validates an upload: sizes and counts (before decoding), key validity
+    /// (including the FIPS 203 check of every KEM key), every signature, unique one-time prekey
+    /// ids and unique KEM prekey ids.
     ///
     /// # Errors
     /// [`UploadError`] naming the first problem found.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, UploadError> {
-        Self::parse(bytes, MAX_UPLOAD_ONE_TIME_PREKEYS)
+        Self::parse(bytes, &UPLOAD)
     }
 
-    /// Decodes and validates an upload encoding with at most `max_one_time` one-time prekeys.
-    fn parse(bytes: &[u8], max_one_time: usize) -> Result<Self, UploadError> {
+    fn parse(bytes: &[u8], limits: &Limits) -> Result<Self, UploadError> {
         let proto: PreKeyUploadProto = codec::decode_counted(
             bytes,
             UPLOAD_V1,
-            MAX_UPLOAD_BYTES,
-            &[codec::RepeatedLimit {
-                path: &[],
-                tag: 3,
-                max: max_one_time,
-                field: "one_time_prekeys",
-            }],
+            limits.bytes,
+            &[
+                RepeatedLimit {
+                    path: &[],
+                    tag: 3,
+                    max: limits.one_time,
+                    field: "one_time_prekeys",
+                },
+                RepeatedLimit {
+                    path: &[],
+                    tag: 5,
+                    max: limits.one_time_kem,
+                    field: "one_time_kem_prekeys",
+                },
+            ],
         )
         .map_err(too_many)?;
-        // PROTOCOL.md §8.4: KEM prekeys are not silently dropped.
-        if proto.last_resort_kem_prekey.is_some() || !proto.one_time_kem_prekeys.is_empty() {
-            return Err(DecodeError::Unsupported("kem_prekey").into());
-        }
         let (identity_key, signed_prekey) = bundle::decode_identity_and_signed_prekey(
             &proto.identity_key,
             proto.signed_prekey.as_ref(),
@@ -81,7 +127,7 @@ impl PreKeyUpload {
         if !signed_prekey.verify(&identity_key) {
             return Err(UploadError::Unauthenticated);
         }
-        let mut ids = HashSet::with_capacity(proto.one_time_prekeys.len());
+        let mut ids = BTreeSet::new();
         let mut one_time_prekeys = Vec::with_capacity(proto.one_time_prekeys.len());
         for k in &proto.one_time_prekeys {
             let key = OneTimePreKeyPublic::from_proto(k)?;
@@ -90,10 +136,34 @@ impl PreKeyUpload {
             }
             one_time_prekeys.push(key);
         }
+        // One id space for last-resort and one-time KEM prekeys (PROFILE-pqxdh §3).
+        let mut kem_ids = BTreeSet::new();
+        let mut kem = |p| -> Result<KemPreKeyPublic, UploadError> {
+            let key = KemPreKeyPublic::from_proto(p)?;
+            if !key.verify(&identity_key) {
+                return Err(UploadError::Unauthenticated);
+            }
+            if !kem_ids.insert(key.id()) {
+                return Err(UploadError::DuplicateKemId(key.id()));
+            }
+            Ok(key)
+        };
+        let last_resort_kem_prekey = proto
+            .last_resort_kem_prekey
+            .as_ref()
+            .map(&mut kem)
+            .transpose()?;
+        let one_time_kem_prekeys = proto
+            .one_time_kem_prekeys
+            .iter()
+            .map(kem)
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             identity_key,
             signed_prekey,
             one_time_prekeys,
+            last_resort_kem_prekey,
+            one_time_kem_prekeys,
         })
     }
 
@@ -114,6 +184,18 @@ impl PreKeyUpload {
     pub fn one_time_prekeys(&self) -> &[OneTimePreKeyPublic] {
         &self.one_time_prekeys
     }
+
+    /// The last-resort KEM prekey, if uploaded.
+    #[must_use]
+    pub fn last_resort_kem_prekey(&self) -> Option<&KemPreKeyPublic> {
+        self.last_resort_kem_prekey.as_ref()
+    }
+
+    /// The one-time KEM prekeys.
+    #[must_use]
+    pub fn one_time_kem_prekeys(&self) -> &[KemPreKeyPublic] {
+        &self.one_time_kem_prekeys
+    }
 }
 
 /// One bundle handed out by [`DeviceKeys::fetch_bundle`].
@@ -123,8 +205,10 @@ pub struct Fetched {
     pub bundle: PreKeyBundle,
     /// One-time prekeys left after this fetch.
     pub remaining_one_time_prekeys: usize,
-    /// Whether the device should upload more one-time prekeys
-    /// (fewer than [`LOW_ONE_TIME_PREKEY_STOCK`] remain).
+    /// One-time KEM prekeys left after this fetch.
+    pub remaining_one_time_kem_prekeys: usize,
+    /// Whether the device should upload more one-time prekeys: fewer than
+    /// [`LOW_ONE_TIME_PREKEY_STOCK`] EC ones remain, or (for a device with KEM prekeys) KEM ones.
     pub low_stock: bool,
 }
 
@@ -136,6 +220,8 @@ pub struct DeviceKeys {
     identity_key: IdentityKey,
     signed_prekey: SignedPreKeyPublic,
     one_time: VecDeque<OneTimePreKeyPublic>,
+    last_resort_kem: Option<KemPreKeyPublic>,
+    one_time_kem: VecDeque<KemPreKeyPublic>,
 }
 
 impl DeviceKeys {
@@ -152,19 +238,22 @@ impl DeviceKeys {
             identity_key: upload.identity_key,
             signed_prekey: upload.signed_prekey,
             one_time: VecDeque::new(),
+            last_resort_kem: upload.last_resort_kem_prekey,
+            one_time_kem: VecDeque::new(),
         };
-        out.add_one_time(&upload.one_time_prekeys)?;
+        out.add_one_time(&upload.one_time_prekeys, &upload.one_time_kem_prekeys)?;
         Ok(out)
     }
 
-    /// Applies a later upload from the same device: a newer signed prekey replaces the current
-    /// one (the same one may be repeated), and one-time prekeys are added. "Newer" is RFC 1982
+    /// Applies a later upload from the same device, atomically (on error nothing changes):
+    /// a newer signed prekey replaces the current one (the same one may be repeated); a newer
+    /// last-resort KEM prekey replaces the current one (absent keeps it: an upload can never
+    /// remove post-quantum support); one-time EC and KEM prekeys are added. "Newer" is RFC 1982
     /// serial-number order on the u32 id, so ids may wrap (PROTOCOL.md §7.2).
-    /// Atomic: on error nothing changes.
     ///
     /// # Errors
-    /// [`UploadError`]: validation failures, another identity, a stale signed prekey, an id
-    /// already in stock, or the stock limit.
+    /// [`UploadError`]: validation failures, another identity, a stale signed or last-resort
+    /// KEM prekey, an id already in stock, or a stock limit.
     pub fn apply_upload(&mut self, upload: &[u8]) -> Result<(), UploadError> {
         let upload = PreKeyUpload::from_bytes(upload)?;
         if upload.identity_key != self.identity_key {
@@ -180,12 +269,36 @@ impl DeviceKeys {
         }
         let mut next = self.clone();
         next.signed_prekey = spk;
-        next.add_one_time(&upload.one_time_prekeys)?;
+        if let Some(kem) = upload.last_resort_kem_prekey {
+            if let Some(current) = &self.last_resort_kem
+                && !(is_newer(kem.id(), current.id()) || kem == *current)
+            {
+                return Err(UploadError::StaleKemPreKey {
+                    id: kem.id(),
+                    current: current.id(),
+                });
+            }
+            // One KEM id space: a new last-resort id must not name a stocked one-time KEM prekey.
+            if self.one_time_kem.iter().any(|k| k.id() == kem.id()) {
+                return Err(UploadError::DuplicateKemId(kem.id()));
+            }
+            next.last_resort_kem = Some(kem);
+        }
+        next.add_one_time(&upload.one_time_prekeys, &upload.one_time_kem_prekeys)?;
         *self = next;
         Ok(())
     }
 
-    fn add_one_time(&mut self, keys: &[OneTimePreKeyPublic]) -> Result<(), UploadError> {
+    fn add_one_time(
+        &mut self,
+        keys: &[OneTimePreKeyPublic],
+        kem: &[KemPreKeyPublic],
+    ) -> Result<(), UploadError> {
+        // A device with KEM prekeys always publishes a last-resort one, so bundles never lose
+        // their KEM prekey when the one-time stock runs out (PROFILE-pqxdh §3).
+        if !kem.is_empty() && self.last_resort_kem.is_none() {
+            return Err(UploadError::MissingLastResortKemPreKey);
+        }
         let count = self.one_time.len().saturating_add(keys.len());
         if count > MAX_SERVER_ONE_TIME_PREKEYS {
             return Err(UploadError::TooMany {
@@ -193,23 +306,53 @@ impl DeviceKeys {
                 limit: MAX_SERVER_ONE_TIME_PREKEYS,
             });
         }
-        let stocked: HashSet<u32> = self.one_time.iter().map(OneTimePreKeyPublic::id).collect();
+        let count = self.one_time_kem.len().saturating_add(kem.len());
+        if count > MAX_SERVER_ONE_TIME_KEM_PREKEYS {
+            return Err(UploadError::TooMany {
+                count,
+                limit: MAX_SERVER_ONE_TIME_KEM_PREKEYS,
+            });
+        }
+        let stocked: BTreeSet<u32> = self.one_time.iter().map(OneTimePreKeyPublic::id).collect();
         if let Some(dup) = keys.iter().find(|k| stocked.contains(&k.id())) {
             return Err(UploadError::DuplicateId(dup.id()));
         }
+        let stocked_kem: BTreeSet<u32> = self
+            .one_time_kem
+            .iter()
+            .chain(self.last_resort_kem.iter())
+            .map(KemPreKeyPublic::id)
+            .collect();
+        if let Some(dup) = kem.iter().find(|k| stocked_kem.contains(&k.id())) {
+            return Err(UploadError::DuplicateKemId(dup.id()));
+        }
         self.one_time.extend(keys.iter().copied());
+        self.one_time_kem.extend(kem.iter().cloned());
         Ok(())
     }
 
-    /// Hands out one bundle. Each one-time prekey is removed as it is handed out, so it is
-    /// served at most once; when none is left the bundle has none (X3DH's 3-DH variant).
+    /// Hands out one bundle: the signed prekey, the next one-time prekey (removed: each is
+    /// served at most once; none when the stock is empty), and for a device with KEM prekeys
+    /// the next one-time KEM prekey (removed likewise) or, when none is left, the last-resort
+    /// KEM prekey (PROFILE-pqxdh §3).
     pub fn fetch_bundle(&mut self) -> Fetched {
         let one_time = self.one_time.pop_front();
+        let kem = self
+            .one_time_kem
+            .pop_front()
+            .or_else(|| self.last_resort_kem.clone());
+        let mut bundle = PreKeyBundle::new(self.identity_key, self.signed_prekey, one_time);
+        if let Some(kem) = kem {
+            bundle = bundle.with_kem_prekey(kem);
+        }
         let remaining = self.one_time.len();
+        let remaining_kem = self.one_time_kem.len();
         Fetched {
-            bundle: PreKeyBundle::new(self.identity_key, self.signed_prekey, one_time),
+            bundle,
             remaining_one_time_prekeys: remaining,
-            low_stock: remaining < LOW_ONE_TIME_PREKEY_STOCK,
+            remaining_one_time_kem_prekeys: remaining_kem,
+            low_stock: remaining < LOW_ONE_TIME_PREKEY_STOCK
+                || (self.last_resort_kem.is_some() && remaining_kem < LOW_ONE_TIME_PREKEY_STOCK),
         }
     }
 
@@ -219,47 +362,62 @@ impl DeviceKeys {
         self.one_time.len()
     }
 
+    /// One-time KEM prekeys in stock.
+    #[must_use]
+    pub fn one_time_kem_prekey_count(&self) -> usize {
+        self.one_time_kem.len()
+    }
+
     /// The device's identity key.
     #[must_use]
     pub fn identity_key(&self) -> IdentityKey {
         self.identity_key
     }
 
-    /// The record as an upload encoding (current signed prekey and remaining stock; at most
-    /// [`MAX_SERVER_ONE_TIME_PREKEYS`] keys, so it may exceed a single upload's batch limit:
-    /// restore it with [`DeviceKeys::restore`]).
+    /// The record as an upload encoding (current prekeys and remaining stock; it may exceed a
+    /// single upload's batch limits: restore it with [`DeviceKeys::restore`]).
     #[must_use]
     pub fn to_bytes(&self) -> Vec<u8> {
-        let stock: Vec<OneTimePreKeyPublic> = self.one_time.iter().copied().collect();
-        encode_upload(self.identity_key, self.signed_prekey, &stock)
+        encode_upload(
+            self.identity_key,
+            self.signed_prekey,
+            self.one_time.iter(),
+            self.last_resort_kem.as_ref(),
+            self.one_time_kem.iter(),
+        )
     }
 
     /// Restores a record written by [`DeviceKeys::to_bytes`], re-validating everything.
     ///
     /// # Errors
-    /// [`UploadError`] as for a registration, with the stock limit instead of the batch limit.
+    /// [`UploadError`] as for a registration, with the stock limits instead of the batch limits.
     pub fn restore(bytes: &[u8]) -> Result<Self, UploadError> {
-        Self::from_upload(PreKeyUpload::parse(bytes, MAX_SERVER_ONE_TIME_PREKEYS)?)
+        Self::from_upload(PreKeyUpload::parse(bytes, &RECORD)?)
     }
 }
 
 /// `0x22 || PreKeyUploadProto` (PROTOCOL.md §8.4).
-fn encode_upload(
+fn encode_upload<'a>(
     identity_key: IdentityKey,
     signed_prekey: SignedPreKeyPublic,
-    one_time_prekeys: &[OneTimePreKeyPublic],
+    one_time_prekeys: impl Iterator<Item = &'a OneTimePreKeyPublic>,
+    last_resort_kem_prekey: Option<&KemPreKeyPublic>,
+    one_time_kem_prekeys: impl Iterator<Item = &'a KemPreKeyPublic>,
 ) -> Vec<u8> {
     let proto = PreKeyUploadProto {
         identity_key: identity_key.to_bytes().to_vec(),
         signed_prekey: Some(signed_prekey.to_proto()),
-        one_time_prekeys: one_time_prekeys.iter().map(|k| k.to_proto()).collect(),
-        ..Default::default()
+        one_time_prekeys: one_time_prekeys.map(|k| k.to_proto()).collect(),
+        last_resort_kem_prekey: last_resort_kem_prekey.map(KemPreKeyPublic::to_proto),
+        one_time_kem_prekeys: one_time_kem_prekeys
+            .map(KemPreKeyPublic::to_proto)
+            .collect(),
     };
     codec::encode(UPLOAD_V1, &proto)
 }
 
 /// RFC 1982 serial-number comparison on 32-bit ids: `id` is newer than `current` if it is ahead
-/// by 1 to 2^31 - 1 steps, counting modulo 2^32. Lets signed prekey ids wrap around.
+/// by 1 to 2^31 - 1 steps, counting modulo 2^32. Lets prekey ids wrap around.
 fn is_newer(id: u32, current: u32) -> bool {
     let ahead = id.wrapping_sub(current);
     ahead != 0 && ahead < 1 << 31

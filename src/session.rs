@@ -11,12 +11,13 @@ use crate::bundle::VerifiedBundle;
 use crate::codec::{self, SESSION_SNAPSHOT_V1};
 use crate::error::{DecodeError, DecryptError, EncryptError, HandshakeError, RestoreError};
 use crate::kdf::{ChainKey, MessageKey, RootKey};
+use crate::kem::{KEM_CIPHERTEXT_LEN, KemSecret};
 use crate::keys::{self, IdentityKey, IdentityKeyPair, PublicKey};
 use crate::limits::{MAX_AD_APPENDIX, MAX_SNAPSHOT_BYTES, MAX_STORED_SKIPPED};
 use crate::proto::{PendingPreKeyProto, RatchetProto, SessionProto, SkippedKeyProto};
 use crate::ratchet::{Ratchet, RatchetKeyPair};
 use crate::skipped::SkippedKeys;
-use crate::wire::{Handshake, Message, PreKeyMessage, RatchetMessage};
+use crate::wire::{Handshake, KemEncapsulation, Message, PreKeyMessage, RatchetMessage};
 use crate::x3dh;
 
 /// Which side of the handshake this device played.
@@ -28,11 +29,35 @@ pub enum Role {
     Responder,
 }
 
-/// The prekey data the initiator repeats until the first reply (PROTOCOL.md §6.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The prekey data the initiator repeats until the first reply (PROTOCOL.md §6.1), including,
+/// for PQXDH, the KEM prekey id and ciphertext (PROFILE-pqxdh §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Pending {
     signed_prekey_id: u32,
     one_time_prekey_id: Option<u32>,
+    kem: Option<KemEncapsulation>,
+}
+
+/// Which handshakes a device accepts (PROTOCOL.md §13.4, PROFILE-pqxdh §6).
+///
+/// The default requires post-quantum protection: an initiator refuses a bundle without a KEM
+/// prekey (it may have been stripped by the server), and a responder refuses X3DH initial
+/// messages. A bundle that carries a KEM prekey is always used with PQXDH, whatever the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum HandshakePolicy {
+    /// Only PQXDH.
+    #[default]
+    RequirePostQuantum,
+    /// PQXDH when the bundle offers a KEM prekey, X3DH otherwise (for peers that predate
+    /// PQXDH). Classical sessions have no protection against a harvest-now adversary.
+    AllowClassical,
+}
+
+impl HandshakePolicy {
+    pub(crate) fn allows(self, handshake: Handshake) -> bool {
+        handshake.is_post_quantum() || self == HandshakePolicy::AllowClassical
+    }
 }
 
 /// A pairwise session with one remote device.
@@ -54,32 +79,73 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts a session from a verified bundle (X3DH initiator, PROTOCOL.md §4.2, §5.1).
-    ///
-    /// Draws the ephemeral key `EK_A` and then the first ratchet key from `rng`, in that order.
-    /// Every message sent before the first reply carries the initial data. Takes the bundle by
-    /// value: its one-time prekey may start only one session (fetch a new bundle to retry).
+    /// Starts a session from a verified bundle under the default
+    /// [`HandshakePolicy::RequirePostQuantum`]; see [`Session::initiate_with_policy`].
     ///
     /// # Errors
-    /// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
+    /// As [`Session::initiate_with_policy`].
     pub fn initiate(
         rng: &mut (impl CryptoRng + ?Sized),
         identity: &IdentityKeyPair,
         bundle: VerifiedBundle,
     ) -> Result<Self, HandshakeError> {
+        Self::initiate_with_policy(rng, identity, bundle, HandshakePolicy::default())
+    }
+
+    /// Starts a session from a verified bundle: PQXDH if the bundle has a KEM prekey
+    /// (PROTOCOL.md §13.3), otherwise X3DH (§4.2) if `policy` allows classical sessions.
+    ///
+    /// Draws the ephemeral key `EK_A`, then (PQXDH) the 32-byte encapsulation randomness, then
+    /// the first ratchet key from `rng`, in that order. Every message sent before the first
+    /// reply carries the initial data. Takes the bundle by value: its one-time prekeys may
+    /// start only one session (fetch a new bundle to retry).
+    ///
+    /// # Errors
+    /// [`HandshakeError::PostQuantumRequired`] for a bundle without a KEM prekey under
+    /// [`HandshakePolicy::RequirePostQuantum`]; [`HandshakeError::Unauthenticated`] if a DH is
+    /// non-contributory.
+    pub fn initiate_with_policy(
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        bundle: VerifiedBundle,
+        policy: HandshakePolicy,
+    ) -> Result<Self, HandshakeError> {
+        let handshake = if bundle.kem_prekey().is_some() {
+            Handshake::Pqxdh
+        } else {
+            Handshake::X3dh
+        };
+        if !policy.allows(handshake) {
+            return Err(HandshakeError::PostQuantumRequired);
+        }
         let ephemeral = keys::generate_x25519(rng);
         let base_key = PublicKey::from_secret(&ephemeral);
         let signed_prekey = bundle.signed_prekey();
         let one_time = bundle.one_time_prekey();
+        let (kem, kem_shared_secret) = match bundle.kem_prekey() {
+            Some(k) => {
+                let (ciphertext, ss) = k.key().encapsulate(rng);
+                (
+                    Some(KemEncapsulation {
+                        prekey_id: k.id(),
+                        ciphertext,
+                    }),
+                    Some(ss),
+                )
+            }
+            None => (None, None),
+        };
         let agreement = x3dh::initiate(
             identity,
             &ephemeral,
             &bundle.identity_key(),
             &signed_prekey.key().to_bytes(),
             one_time.map(|k| k.key().to_bytes()).as_ref(),
+            kem_shared_secret.as_deref(),
             &[],
         )
         .ok_or(HandshakeError::Unauthenticated)?;
+        drop(kem_shared_secret);
         drop(ephemeral);
         let ratchet = Ratchet::init_alice(
             rng,
@@ -90,7 +156,7 @@ impl Session {
         .ok_or(HandshakeError::Unauthenticated)?;
         Ok(Self {
             ratchet,
-            handshake: Handshake::X3dh,
+            handshake,
             role: Role::Initiator,
             local_identity: identity.public(),
             remote_identity: bundle.identity_key(),
@@ -98,6 +164,7 @@ impl Session {
             pending: Some(Pending {
                 signed_prekey_id: signed_prekey.id(),
                 one_time_prekey_id: one_time.map(|k| k.id()),
+                kem,
             }),
         })
     }
@@ -109,14 +176,22 @@ impl Session {
         identity: &IdentityKeyPair,
         signed_prekey: &StaticSecret,
         one_time_prekey: Option<&StaticSecret>,
+        kem_prekey: Option<&KemSecret>,
         message: &PreKeyMessage,
     ) -> Result<(Self, Zeroizing<Vec<u8>>), HandshakeError> {
+        let kem_shared_secret = match (kem_prekey, &message.kem) {
+            (Some(secret), Some(kem)) => Some(secret.decapsulate(&kem.ciphertext)),
+            (None, None) => None,
+            // The caller pairs them by the message's handshake kind; never mix.
+            _ => return Err(HandshakeError::Unauthenticated),
+        };
         let agreement = x3dh::respond(
             identity,
             signed_prekey,
             one_time_prekey,
             &message.identity_key,
             &message.base_key.to_bytes(),
+            kem_shared_secret.as_deref(),
             &[],
         )
         .ok_or(HandshakeError::Unauthenticated)?;
@@ -158,13 +233,14 @@ impl Session {
             header: out.header,
             ciphertext: out.ciphertext,
         };
-        Ok(match self.pending {
+        Ok(match &self.pending {
             Some(p) => PreKeyMessage {
                 handshake: self.handshake,
                 identity_key: self.local_identity,
                 base_key: self.base_key,
                 signed_prekey_id: p.signed_prekey_id,
                 one_time_prekey_id: p.one_time_prekey_id,
+                kem: p.kem.clone(),
                 message,
             }
             .to_bytes(),
@@ -278,9 +354,11 @@ impl Session {
             local_identity: self.local_identity.to_bytes().to_vec(),
             remote_identity: self.remote_identity.to_bytes().to_vec(),
             base_key: self.base_key.to_bytes().to_vec(),
-            pending: self.pending.map(|p| PendingPreKeyProto {
+            pending: self.pending.as_ref().map(|p| PendingPreKeyProto {
                 signed_prekey_id: p.signed_prekey_id,
                 one_time_prekey_id: p.one_time_prekey_id,
+                kem_prekey_id: p.kem.as_ref().map(|k| k.prekey_id),
+                kem_ciphertext: p.kem.as_ref().map(|k| k.ciphertext.to_vec()),
             }),
             ratchet: Some(RatchetProto {
                 associated_data: r.ad.clone(),
@@ -336,10 +414,11 @@ impl Session {
             .map_err(|_| RestoreError::Invariant("remote_identity"))?;
         let base_key = PublicKey::from_bytes(&proto.base_key)
             .map_err(|_| RestoreError::Invariant("base_key"))?;
-        let pending = proto.pending.as_ref().map(|p| Pending {
-            signed_prekey_id: p.signed_prekey_id,
-            one_time_prekey_id: p.one_time_prekey_id,
-        });
+        let pending = proto
+            .pending
+            .as_ref()
+            .map(|p| restore_pending(p, handshake))
+            .transpose()?;
         if pending.is_some() && role != Role::Initiator {
             return Err(RestoreError::Invariant("pending only for the initiator"));
         }
@@ -382,6 +461,30 @@ impl Session {
             pending,
         })
     }
+}
+
+/// The initiator's pending initial data; KEM fields exactly for PQXDH sessions.
+fn restore_pending(p: &PendingPreKeyProto, handshake: Handshake) -> Result<Pending, RestoreError> {
+    let kem = match (handshake, p.kem_prekey_id, p.kem_ciphertext.as_deref()) {
+        (Handshake::X3dh, None, None) => None,
+        (Handshake::Pqxdh, Some(prekey_id), Some(ct)) => Some(KemEncapsulation {
+            prekey_id,
+            ciphertext: Box::new(
+                <[u8; KEM_CIPHERTEXT_LEN]>::try_from(ct)
+                    .map_err(|_| RestoreError::Invariant("pending.kem_ciphertext"))?,
+            ),
+        }),
+        _ => {
+            return Err(RestoreError::Invariant(
+                "pending KEM data matches the handshake",
+            ));
+        }
+    };
+    Ok(Pending {
+        signed_prekey_id: p.signed_prekey_id,
+        one_time_prekey_id: p.one_time_prekey_id,
+        kem,
+    })
 }
 
 fn key32(bytes: &[u8], field: &'static str) -> Result<[u8; 32], RestoreError> {

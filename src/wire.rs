@@ -6,6 +6,7 @@
 
 use crate::codec::{self, PREKEY_MESSAGE_V1, RATCHET_MESSAGE_V1};
 use crate::error::DecodeError;
+use crate::kem::KEM_CIPHERTEXT_LEN;
 use crate::keys::{IdentityKey, PublicKey};
 use crate::limits::{MAX_MESSAGE_BYTES, MIN_CIPHERTEXT};
 use crate::proto::{PreKeyMessageProto, RatchetMessageProto};
@@ -15,22 +16,48 @@ use crate::ratchet::HEADER_LEN;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Handshake {
-    /// X3DH, profile `x3dh-dr-ed25519-x25519-sha256-aesgcm/v1`.
+    /// X3DH, profile `x3dh-dr-ed25519-x25519-sha256-aesgcm/v1` (classical).
     X3dh,
+    /// PQXDH with ML-KEM-1024, profile `pqxdh-ed25519-x25519-mlkem1024-sha256/v1`.
+    Pqxdh,
 }
 
 impl Handshake {
     pub(crate) fn code(self) -> u32 {
         match self {
             Handshake::X3dh => 1,
+            Handshake::Pqxdh => 2,
         }
     }
 
     pub(crate) fn from_code(code: u32) -> Option<Self> {
         match code {
             1 => Some(Handshake::X3dh),
+            2 => Some(Handshake::Pqxdh),
             _ => None,
         }
+    }
+
+    /// Whether this handshake protects the session key against a harvest-now,
+    /// decrypt-later quantum adversary.
+    #[must_use]
+    pub fn is_post_quantum(self) -> bool {
+        matches!(self, Handshake::Pqxdh)
+    }
+}
+
+/// The KEM part of a PQXDH initial message: which KEM prekey, and the ciphertext to it.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct KemEncapsulation {
+    pub(crate) prekey_id: u32,
+    pub(crate) ciphertext: Box<[u8; KEM_CIPHERTEXT_LEN]>,
+}
+
+impl core::fmt::Debug for KemEncapsulation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("KemEncapsulation")
+            .field("prekey_id", &self.prekey_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -145,6 +172,7 @@ pub struct PreKeyMessage {
     pub(crate) base_key: PublicKey,
     pub(crate) signed_prekey_id: u32,
     pub(crate) one_time_prekey_id: Option<u32>,
+    pub(crate) kem: Option<KemEncapsulation>,
     pub(crate) message: RatchetMessage,
 }
 
@@ -152,19 +180,32 @@ impl PreKeyMessage {
     /// Parses an initial message (leading byte `0x11`).
     ///
     /// # Errors
-    /// [`DecodeError`] on malformed input, an unknown handshake kind, invalid keys, or
-    /// post-quantum fields (not supported by this version).
+    /// [`DecodeError`] on malformed input, an unknown handshake kind, invalid keys, KEM fields
+    /// in an X3DH message or missing ones in a PQXDH message (PROFILE-pqxdh §6.2), or a KEM
+    /// ciphertext that is not 1568 bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let proto: PreKeyMessageProto = codec::decode(bytes, PREKEY_MESSAGE_V1, MAX_MESSAGE_BYTES)?;
         let handshake =
             Handshake::from_code(proto.handshake).ok_or(DecodeError::InvalidField("handshake"))?;
-        // PROTOCOL.md §6.2: an X3DH initial message carries no KEM fields.
-        if proto.kem_prekey_id.is_some() {
-            return Err(DecodeError::Unsupported("kem_prekey_id"));
-        }
-        if proto.kem_ciphertext.is_some() {
-            return Err(DecodeError::Unsupported("kem_ciphertext"));
-        }
+        let kem = match (
+            handshake,
+            proto.kem_prekey_id,
+            proto.kem_ciphertext.as_deref(),
+        ) {
+            (Handshake::X3dh, None, None) => None,
+            (Handshake::X3dh, Some(_), _) => return Err(DecodeError::Unsupported("kem_prekey_id")),
+            (Handshake::X3dh, None, Some(_)) => {
+                return Err(DecodeError::Unsupported("kem_ciphertext"));
+            }
+            (Handshake::Pqxdh, None, _) => return Err(DecodeError::InvalidField("kem_prekey_id")),
+            (Handshake::Pqxdh, Some(prekey_id), ciphertext) => Some(KemEncapsulation {
+                prekey_id,
+                ciphertext: Box::new(codec::array(
+                    ciphertext.ok_or(DecodeError::InvalidField("kem_ciphertext"))?,
+                    "kem_ciphertext",
+                )?),
+            }),
+        };
         let identity_key =
             IdentityKey::from_bytes(&proto.identity_key).map_err(|error| DecodeError::Key {
                 field: "identity_key",
@@ -183,6 +224,7 @@ impl PreKeyMessage {
             base_key,
             signed_prekey_id: proto.signed_prekey_id,
             one_time_prekey_id: proto.one_time_prekey_id,
+            kem,
             message,
         })
     }
@@ -196,8 +238,8 @@ impl PreKeyMessage {
             base_key: self.base_key.to_bytes().to_vec(),
             signed_prekey_id: self.signed_prekey_id,
             one_time_prekey_id: self.one_time_prekey_id,
-            kem_prekey_id: None,
-            kem_ciphertext: None,
+            kem_prekey_id: self.kem.as_ref().map(|k| k.prekey_id),
+            kem_ciphertext: self.kem.as_ref().map(|k| k.ciphertext.to_vec()),
             message: Some(self.message.to_proto()),
         };
         codec::encode(PREKEY_MESSAGE_V1, &proto)
@@ -225,6 +267,12 @@ impl PreKeyMessage {
     #[must_use]
     pub fn signed_prekey_id(&self) -> u32 {
         self.signed_prekey_id
+    }
+
+    /// Id of the KEM prekey used (PQXDH only).
+    #[must_use]
+    pub fn kem_prekey_id(&self) -> Option<u32> {
+        self.kem.as_ref().map(|k| k.prekey_id)
     }
 
     /// Id of the one-time prekey used, if any.

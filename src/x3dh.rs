@@ -1,4 +1,6 @@
-//! X3DH key agreement (PROTOCOL.md §4, PROFILE §3): pure functions, no state.
+//! X3DH and PQXDH key agreement (PROTOCOL.md §4, §13; PROFILE §3, PROFILE-pqxdh §4): pure
+//! functions, no state. PQXDH is X3DH with the KEM shared secret appended to the DH outputs and
+//! its own HKDF info.
 
 use x25519_dalek::StaticSecret;
 use zeroize::{Zeroize, Zeroizing};
@@ -22,13 +24,21 @@ pub(crate) fn associated_data(alice: &IdentityKey, bob: &IdentityKey, appendix: 
     ad
 }
 
-/// `SK = HKDF(0^32, F || DH1 || DH2 || DH3 [|| DH4], info, 32)` (PROTOCOL.md §4.2).
-fn derive(dhs: &[Zeroizing<[u8; 32]>], info: &[u8]) -> RootKey {
+/// `SK = HKDF(0^32, F || DH1 || DH2 || DH3 [|| DH4] [|| SS], info, 32)` with `X3DH_INFO`, or
+/// with `PQXDH_INFO` when the KEM shared secret `SS` is present (PROTOCOL.md §4.2, §13.2).
+fn derive(dhs: &[Zeroizing<[u8; 32]>], kem_shared_secret: Option<&[u8; 32]>) -> RootKey {
     let mut ikm = Zeroizing::new(Vec::with_capacity(32 * (dhs.len() + 2)));
     ikm.extend_from_slice(&kdf::F);
     for dh in dhs {
         ikm.extend_from_slice(dh.as_ref());
     }
+    let info = match kem_shared_secret {
+        Some(ss) => {
+            ikm.extend_from_slice(ss);
+            kdf::PQXDH_INFO
+        }
+        None => kdf::X3DH_INFO,
+    };
     let mut sk = [0u8; 32];
     kdf::hkdf_zero_salt(&ikm, info, &mut sk);
     let out = RootKey::from_bytes(sk);
@@ -44,6 +54,7 @@ pub(crate) fn initiate(
     bob_identity: &IdentityKey,
     signed_prekey: &[u8; 32],
     one_time_prekey: Option<&[u8; 32]>,
+    kem_shared_secret: Option<&[u8; 32]>,
     appendix: &[u8],
 ) -> Option<Agreement> {
     let ik = identity.dh_secret();
@@ -56,7 +67,7 @@ pub(crate) fn initiate(
         dh.push(keys::dh(ephemeral, opk)?);
     }
     Some(Agreement {
-        shared_secret: derive(&dh, kdf::X3DH_INFO),
+        shared_secret: derive(&dh, kem_shared_secret),
         associated_data: associated_data(&identity.public(), bob_identity, appendix),
         dh,
     })
@@ -69,6 +80,7 @@ pub(crate) fn respond(
     one_time_prekey: Option<&StaticSecret>,
     alice_identity: &IdentityKey,
     alice_ephemeral: &[u8; 32],
+    kem_shared_secret: Option<&[u8; 32]>,
     appendix: &[u8],
 ) -> Option<Agreement> {
     let ik = identity.dh_secret();
@@ -81,7 +93,7 @@ pub(crate) fn respond(
         dh.push(keys::dh(opk, alice_ephemeral)?);
     }
     Some(Agreement {
-        shared_secret: derive(&dh, kdf::X3DH_INFO),
+        shared_secret: derive(&dh, kem_shared_secret),
         associated_data: associated_data(alice_identity, &identity.public(), appendix),
         dh,
     })

@@ -17,16 +17,17 @@ use common::{
 };
 use confidant::hazmat::{self, Ratchet};
 use confidant::limits::{
-    LOW_ONE_TIME_PREKEY_STOCK, MAX_ACCEPTED_BASE_KEYS, MAX_BUNDLE_BYTES, MAX_MESSAGE_BYTES,
-    MAX_ONE_TIME_PREKEYS, MAX_PLAINTEXT, MAX_SERVER_ONE_TIME_PREKEYS, MAX_SIGNED_PREKEYS, MAX_SKIP,
-    MAX_SNAPSHOT_BYTES, MAX_STORED_SKIPPED, MAX_UPLOAD_BYTES, MAX_UPLOAD_ONE_TIME_PREKEYS,
-    SIGNED_PREKEY_GRACE_MS,
+    LOW_ONE_TIME_PREKEY_STOCK, MAX_ACCEPTED_BASE_KEYS, MAX_BUNDLE_BYTES,
+    MAX_LAST_RESORT_KEM_PREKEYS, MAX_MESSAGE_BYTES, MAX_ONE_TIME_KEM_PREKEYS, MAX_ONE_TIME_PREKEYS,
+    MAX_PLAINTEXT, MAX_SERVER_ONE_TIME_PREKEYS, MAX_SIGNED_PREKEYS, MAX_SKIP, MAX_SNAPSHOT_BYTES,
+    MAX_STORED_SKIPPED, MAX_UPLOAD_BYTES, MAX_UPLOAD_ONE_TIME_PREKEYS, SIGNED_PREKEY_GRACE_MS,
 };
 use confidant::server::{DeviceKeys, PreKeyUpload};
 use confidant::{
     BundleError, DecodeError, DecryptError, EncryptError, Handshake, HandshakeError,
-    IdentityKeyPair, KeyError, Message, OneTimePreKeyPublic, PreKeyBundle, PreKeyError, PreKeys,
-    RestoreError, Role, Session, SignedPreKeyPublic, Timestamp, UploadError,
+    HandshakePolicy, IdentityKeyPair, KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPreKeyPublic,
+    KeyError, Message, OneTimePreKeyPublic, PreKeyBundle, PreKeyError, PreKeys, RestoreError, Role,
+    Session, SignedPreKeyPublic, Timestamp, UploadError,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
@@ -210,6 +211,7 @@ fn full_replay_record_refuses_instead_of_forgetting() {
         accept(&mut rng, &mut bob, &wire).err(),
         Some(HandshakeError::ReplayRecordFull {
             signed_prekey_id: 1,
+            kem_prekey_id: None,
             limit: MAX_ACCEPTED_BASE_KEYS
         })
     );
@@ -423,10 +425,12 @@ fn signed_prekey_rotation_grace_period_and_prune() {
         [0]
     );
     assert_eq!(
-        bob.prekeys.prune(
-            Timestamp(t1.0 + SIGNED_PREKEY_GRACE_MS - 1),
-            SIGNED_PREKEY_GRACE_MS
-        ),
+        bob.prekeys
+            .prune(
+                Timestamp(t1.0 + SIGNED_PREKEY_GRACE_MS - 1),
+                SIGNED_PREKEY_GRACE_MS
+            )
+            .signed_prekeys,
         Vec::<u32>::new()
     );
     assert_eq!(
@@ -439,10 +443,12 @@ fn signed_prekey_rotation_grace_period_and_prune() {
 
     // Past the grace period: dropped with its replay records.
     assert_eq!(
-        bob.prekeys.prune(
-            Timestamp(t1.0 + SIGNED_PREKEY_GRACE_MS),
-            SIGNED_PREKEY_GRACE_MS
-        ),
+        bob.prekeys
+            .prune(
+                Timestamp(t1.0 + SIGNED_PREKEY_GRACE_MS),
+                SIGNED_PREKEY_GRACE_MS
+            )
+            .signed_prekeys,
         vec![1]
     );
     assert_eq!(replay_records(&bob.prekeys), 0);
@@ -455,7 +461,10 @@ fn signed_prekey_rotation_grace_period_and_prune() {
         Some(HandshakeError::UnknownSignedPreKey(1))
     );
     // Pruning again drops nothing; the current signed prekey is never pruned.
-    assert_eq!(bob.prekeys.prune(Timestamp(u64::MAX), 0), Vec::<u32>::new());
+    assert_eq!(
+        bob.prekeys.prune(Timestamp(u64::MAX), 0).signed_prekeys,
+        Vec::<u32>::new()
+    );
     let a = IdentityKeyPair::generate(&mut rng);
     let mut s = common::initiate(&mut rng, &a, &bob, None);
     assert!(accept(&mut rng, &mut bob, &s.encrypt(b"new").expect("encrypt")).is_ok());
@@ -463,14 +472,23 @@ fn signed_prekey_rotation_grace_period_and_prune() {
     bob.prekeys
         .rotate_signed_prekey(&mut rng, &bob.identity, t1);
     assert_eq!(
-        bob.prekeys.prune(Timestamp(u64::MAX - 1), u64::MAX),
+        bob.prekeys
+            .prune(Timestamp(u64::MAX - 1), u64::MAX)
+            .signed_prekeys,
         Vec::<u32>::new()
     );
     assert_eq!(
-        bob.prekeys.prune(Timestamp(u64::MAX - 1), u64::MAX - t1.0),
+        bob.prekeys
+            .prune(Timestamp(u64::MAX - 1), u64::MAX - t1.0)
+            .signed_prekeys,
         Vec::<u32>::new()
     );
-    assert_eq!(bob.prekeys.prune(Timestamp(u64::MAX), u64::MAX), vec![2]);
+    assert_eq!(
+        bob.prekeys
+            .prune(Timestamp(u64::MAX), u64::MAX)
+            .signed_prekeys,
+        vec![2]
+    );
 }
 
 #[test]
@@ -553,9 +571,14 @@ fn server_hands_out_each_one_time_prekey_at_most_once() {
             .expect("one-time prekey while stocked");
         assert_eq!(opk, otks[i], "served oldest first");
         served.push(opk.id());
-        // Every served bundle starts a session Bob accepts, consuming exactly that prekey.
+        // Every served bundle starts a session Bob accepts, consuming exactly that prekey. The
+        // device registered no KEM prekey, so the bundles are classical: the initiator must
+        // allow X3DH explicitly (the default policy refuses them, see tests/pqxdh.rs).
+        assert!(verified.kem_prekey().is_none());
         let a = IdentityKeyPair::generate(&mut rng);
-        let mut s = Session::initiate(&mut rng, &a, verified).expect("initiate");
+        let mut s =
+            Session::initiate_with_policy(&mut rng, &a, verified, HandshakePolicy::AllowClassical)
+                .expect("initiate");
         let acc = accept(&mut rng, &mut bob, &s.encrypt(b"x").expect("encrypt")).expect("accept");
         assert_eq!(acc.consumed_one_time_prekey, Some(opk.id()));
     }
@@ -579,8 +602,13 @@ fn server_hands_out_each_one_time_prekey_at_most_once() {
         assert_eq!(fetched.remaining_one_time_prekeys, 0);
         assert!(fetched.low_stock);
         let a = IdentityKeyPair::generate(&mut rng);
-        let mut s = Session::initiate(&mut rng, &a, fetched.bundle.verify().expect("verify"))
-            .expect("initiate");
+        let mut s = Session::initiate_with_policy(
+            &mut rng,
+            &a,
+            fetched.bundle.verify().expect("verify"),
+            HandshakePolicy::AllowClassical,
+        )
+        .expect("initiate");
         let acc = accept(&mut rng, &mut bob, &s.encrypt(b"y").expect("encrypt")).expect("accept");
         assert_eq!(acc.consumed_one_time_prekey, None);
     }
@@ -1033,42 +1061,203 @@ fn bundle_decode_errors() {
             error: KeyError::SmallOrder
         })
     );
-    // A KEM prekey (tag 4, reserved for PQXDH) is rejected, never silently ignored.
-    let mut kem = fields.clone();
-    kem.push((4, Value::Len(vec![])));
-    assert_eq!(
-        PreKeyBundle::from_bytes(&rebuild(kem)).err(),
-        Some(DecodeError::Unsupported("kem_prekey"))
-    );
     // Other unknown fields are skipped.
     let mut unknown = fields.clone();
     unknown.push((9, Value::Varint(1)));
     assert!(PreKeyBundle::from_bytes(&rebuild(unknown)).is_ok());
+
+    // PQXDH: the KEM prekey (tag 4) is decoded and validated like every other key.
+    let kem = bob.prekeys.last_resort_kem_prekey();
+    let pq = PreKeyBundle::new(bob.identity.public(), bob.prekeys.signed_prekey(), None)
+        .with_kem_prekey(kem.clone());
+    let parsed = PreKeyBundle::from_bytes(&pq.to_bytes()).expect("PQXDH bundle decodes");
+    assert_eq!(parsed, pq);
+    assert_eq!(parsed.kem_prekey(), Some(&kem));
+    let with_kem = |kem_fields: &[(u32, Value)]| {
+        let mut fs = fields.clone();
+        fs.push((4, Value::Len(encode_proto(kem_fields))));
+        rebuild(fs)
+    };
+    let key = kem.key().as_bytes().to_vec();
+    let sig = kem.signature().to_vec();
+    assert_eq!(
+        PreKeyBundle::from_bytes(&with_kem(&kem_fields(kem.id(), &key, Some(&sig)))),
+        Ok(pq.clone()),
+        "the crafted encoding is faithful"
+    );
+    for (kem_fields, expected) in kem_field_errors(&kem) {
+        assert_eq!(
+            PreKeyBundle::from_bytes(&with_kem(&kem_fields)).err(),
+            Some(expected),
+            "{expected:?}"
+        );
+    }
+    // The size limit applies before decoding, whatever the KEM prekey holds.
+    let huge = with_kem(&kem_fields(1, &vec![0; MAX_BUNDLE_BYTES], Some(&sig)));
+    assert_eq!(
+        PreKeyBundle::from_bytes(&huge).err(),
+        Some(DecodeError::TooLarge {
+            len: huge.len(),
+            limit: MAX_BUNDLE_BYTES
+        })
+    );
+    // A well-formed KEM prekey whose signature does not verify decodes: `verify` rejects it.
+    let mut bad_sig = sig.clone();
+    bad_sig[17] ^= 0x04;
+    let unverified =
+        PreKeyBundle::from_bytes(&with_kem(&kem_fields(kem.id(), &key, Some(&bad_sig))))
+            .expect("signatures are checked by verify");
+    assert_eq!(
+        unverified.verify().err(),
+        Some(BundleError::Unauthenticated)
+    );
 }
 
-#[test]
-fn uploads_with_kem_prekeys_are_rejected() {
-    let mut rng = rng(21);
-    let (bob, otks) = Device::new(&mut rng, 1);
-    let good = upload(&bob.identity, bob.prekeys.signed_prekey(), &otks);
-    let fields = parse_proto(&good[1..]).expect("protobuf");
-    let mut server = DeviceKeys::register(&good).expect("register");
-    let before = server.clone();
-    for tag in [4u32, 5] {
-        let mut fs = fields.clone();
-        fs.push((tag, Value::Len(vec![])));
-        let bytes = [vec![0x22], encode_proto(&fs)].concat();
-        let expected = UploadError::Decode(DecodeError::Unsupported("kem_prekey"));
-        assert_eq!(
-            PreKeyUpload::from_bytes(&bytes).err(),
-            Some(expected),
-            "tag {tag}"
-        );
-        assert_eq!(DeviceKeys::register(&bytes).err(), Some(expected));
-        assert_eq!(DeviceKeys::restore(&bytes).err(), Some(expected));
-        assert_eq!(server.apply_upload(&bytes), Err(expected));
+/// `KemPreKeyProto { 1: id, 2: public_key, 3: signature }` fields.
+fn kem_fields(id: u32, key: &[u8], sig: Option<&[u8]>) -> Fields {
+    let mut out = vec![
+        (1, Value::Varint(u64::from(id))),
+        (2, Value::Len(key.to_vec())),
+    ];
+    if let Some(sig) = sig {
+        out.push((3, Value::Len(sig.to_vec())));
     }
-    assert_eq!(server, before);
+    out
+}
+
+/// `key` (a valid encapsulation key) with its first coefficient set to 4095 ≥ q = 3329: right
+/// length, but it fails the FIPS 203 encapsulation-key (modulus) check.
+fn kem_key_failing_modulus_check(key: &[u8]) -> Vec<u8> {
+    let mut bad = key.to_vec();
+    bad[0] = 0xff;
+    bad[1] |= 0x0f;
+    assert_eq!(
+        confidant::KemPublicKey::from_bytes(&bad).err(),
+        Some(KeyError::Invalid)
+    );
+    bad
+}
+
+/// Malformed variants of a valid KEM prekey and the decode error each must produce. The key is
+/// decoded before the signature.
+fn kem_field_errors(kem: &KemPreKeyPublic) -> Vec<(Fields, DecodeError)> {
+    let key = kem.key().as_bytes().to_vec();
+    let sig = kem.signature().to_vec();
+    let id = kem.id();
+    let key_error = |error| DecodeError::Key {
+        field: "kem_prekey",
+        error,
+    };
+    let sig_error = DecodeError::InvalidField("kem_prekey.signature");
+    let encoded = [vec![0x0a], key.clone()].concat(); // EncodeKEM form: not the raw field
+    assert_eq!(encoded.len(), KEM_PUBLIC_KEY_LEN + 1);
+    vec![
+        (vec![], key_error(KeyError::Length)),
+        (kem_fields(id, &[], Some(&sig)), key_error(KeyError::Length)),
+        (
+            kem_fields(id, &key[1..], Some(&sig)),
+            key_error(KeyError::Length),
+        ),
+        (
+            kem_fields(id, &encoded, Some(&sig)),
+            key_error(KeyError::Length),
+        ),
+        (
+            kem_fields(id, &key[..32], Some(&sig)),
+            key_error(KeyError::Length),
+        ),
+        (
+            kem_fields(id, &kem_key_failing_modulus_check(&key), Some(&sig)),
+            key_error(KeyError::Invalid),
+        ),
+        // Both wrong: the key is reported.
+        (
+            kem_fields(id, &kem_key_failing_modulus_check(&key), Some(&sig[1..])),
+            key_error(KeyError::Invalid),
+        ),
+        (kem_fields(id, &key, None), sig_error),
+        (kem_fields(id, &key, Some(&sig[1..])), sig_error),
+        (
+            kem_fields(id, &key, Some(&[sig.clone(), vec![0]].concat())),
+            sig_error,
+        ),
+    ]
+}
+
+/// PQXDH uploads (formerly rejected outright): every KEM prekey, last-resort (tag 4) or one-time
+/// (tag 5), is decoded, checked with the FIPS 203 key check and signature-verified; any failure
+/// rejects the whole upload in every entry point and changes nothing.
+#[test]
+fn uploads_validate_kem_prekeys() {
+    let mut rng = rng(21);
+    let (mut bob, otks) = Device::new(&mut rng, 1);
+    let spk = bob.prekeys.signed_prekey();
+    let last_resort = bob.prekeys.last_resort_kem_prekey();
+    let kem_otks = bob
+        .prekeys
+        .generate_one_time_kem_prekeys(&mut rng, &bob.identity, 2)
+        .expect("generate");
+    let up = PreKeyUpload::new(bob.identity.public(), spk, otks.clone())
+        .with_last_resort_kem_prekey(last_resort.clone())
+        .with_one_time_kem_prekeys(kem_otks.clone());
+    let good = up.to_bytes();
+    let parsed = PreKeyUpload::from_bytes(&good).expect("PQXDH upload decodes");
+    assert_eq!(parsed, up);
+    assert_eq!(parsed.last_resort_kem_prekey(), Some(&last_resort));
+    assert_eq!(parsed.one_time_kem_prekeys(), &kem_otks[..]);
+    assert!(DeviceKeys::register(&good).is_ok());
+
+    let mut server = DeviceKeys::register(&upload(&bob.identity, spk, &otks)).expect("register");
+    let before = server.clone();
+    let fields = parse_proto(&good[1..]).expect("protobuf");
+    // The upload with its first KEM prekey of field `tag` replaced by `kem`.
+    let edit = |tag: u32, kem: &Fields| {
+        let mut done = false;
+        let fs: Fields = fields
+            .iter()
+            .map(|(f, v)| {
+                if *f == tag && !done {
+                    done = true;
+                    (*f, Value::Len(encode_proto(kem)))
+                } else {
+                    (*f, v.clone())
+                }
+            })
+            .collect();
+        assert!(done);
+        [vec![0x22], encode_proto(&fs)].concat()
+    };
+    let mallory = IdentityKeyPair::generate(&mut rng);
+    for (tag, kem) in [(4u32, &last_resort), (5, &kem_otks[0])] {
+        let key = kem.key().as_bytes().to_vec();
+        let mut cases: Vec<(Fields, UploadError)> = kem_field_errors(kem)
+            .into_iter()
+            .map(|(f, e)| (f, UploadError::Decode(e)))
+            .collect();
+        // Well-formed, but the signature does not verify under the upload's identity key.
+        let mut flipped = kem.signature();
+        flipped[63] ^= 0x20;
+        let forged = hazmat::sign_kem_prekey(&mallory, kem.key());
+        let other = kem_otks[1].signature(); // valid, but over another KEM key
+        for sig in [flipped, forged, other] {
+            cases.push((
+                kem_fields(kem.id(), &key, Some(&sig)),
+                UploadError::Unauthenticated,
+            ));
+        }
+        for (kem_fields, expected) in cases {
+            let bytes = edit(tag, &kem_fields);
+            assert_eq!(
+                PreKeyUpload::from_bytes(&bytes).err(),
+                Some(expected),
+                "tag {tag}: {expected:?}"
+            );
+            assert_eq!(DeviceKeys::register(&bytes).err(), Some(expected));
+            assert_eq!(DeviceKeys::restore(&bytes).err(), Some(expected));
+            assert_eq!(server.apply_upload(&bytes), Err(expected));
+        }
+    }
+    assert_eq!(server, before, "rejected uploads change nothing");
 }
 
 // ---- Sessions: limits and readiness --------------------------------------------------------------
@@ -1133,7 +1322,10 @@ fn truncated_and_garbage_session_snapshots_are_rejected() {
     let (carol, _) = Device::new(&mut rng, 0);
     let pending = common::initiate(&mut rng, &someone, &carol, None);
     assert!(pending.awaiting_reply());
-    for s in [&alice, &bob, &pending] {
+    // A pending PQXDH initiator: its snapshot carries the KEM prekey id and ciphertext.
+    let pq_pending = common::initiate_pq(&mut rng, &someone, &carol, None, None);
+    assert!(pq_pending.awaiting_reply());
+    for s in [&alice, &bob, &pending, &pq_pending] {
         let snap = s.snapshot();
         for len in 0..snap.len() {
             assert!(
@@ -1197,6 +1389,9 @@ fn session_snapshot_invariants_are_checked() {
     fn key(n: usize) -> Option<Value> {
         Some(Value::Len(vec![9; n]))
     }
+    fn ct(n: usize) -> Option<Value> {
+        Some(Value::Len(vec![7; n]))
+    }
     fn skipped(dh: u8, n: u64) -> Value {
         Value::Len(encode_proto(&[
             (1, Value::Len(vec![dh; 32])),
@@ -1218,12 +1413,99 @@ fn session_snapshot_invariants_are_checked() {
             .expect("pending session")
             .awaiting_reply()
     );
+    // A pending PQXDH initiator: its pending data carries the KEM prekey id and ciphertext.
+    let (dave, _) = Device::new_pq(&mut rng, 0);
+    let pq: Vec<u8> = common::initiate_pq(&mut rng, &someone, &dave, None, None)
+        .snapshot()
+        .to_vec();
+    let restored = Session::restore(&pq).expect("pending PQXDH session");
+    assert!(restored.awaiting_reply());
+    assert_eq!(restored.handshake(), Handshake::Pqxdh);
+    let kem_mismatch = "pending KEM data matches the handshake";
     let cases: Vec<(&[u8], Box<SnapshotEdit>, &str)> = vec![
         (&a, Box::new(|t, _| set(t, 1, None)), "handshake"),
+        // Code 2 is PQXDH now; 3 is unknown.
         (
             &a,
-            Box::new(|t, _| set(t, 1, Some(Value::Varint(2)))),
+            Box::new(|t, _| set(t, 1, Some(Value::Varint(3)))),
             "handshake",
+        ),
+        (
+            &pq,
+            Box::new(|t, _| set(t, 1, Some(Value::Varint(3)))),
+            "handshake",
+        ),
+        // Pending KEM data exactly for PQXDH sessions (PROFILE-pqxdh §6.2).
+        (
+            &p,
+            Box::new(|t, _| edit_pending(t, |q| set(q, 3, Some(Value::Varint(1))))),
+            kem_mismatch,
+        ),
+        (
+            &p,
+            Box::new(|t, _| edit_pending(t, |q| set(q, 4, ct(KEM_CIPHERTEXT_LEN)))),
+            kem_mismatch,
+        ),
+        (
+            &p,
+            Box::new(|t, _| {
+                edit_pending(t, |q| {
+                    set(q, 3, Some(Value::Varint(1)));
+                    set(q, 4, ct(KEM_CIPHERTEXT_LEN));
+                })
+            }),
+            kem_mismatch,
+        ),
+        (
+            &p,
+            Box::new(|t, _| set(t, 1, Some(Value::Varint(2)))),
+            kem_mismatch,
+        ),
+        (
+            &pq,
+            Box::new(|t, _| set(t, 1, Some(Value::Varint(1)))),
+            kem_mismatch,
+        ),
+        (
+            &pq,
+            Box::new(|t, _| {
+                edit_pending(t, |q| {
+                    set(q, 3, None);
+                    set(q, 4, None);
+                })
+            }),
+            kem_mismatch,
+        ),
+        (
+            &pq,
+            Box::new(|t, _| edit_pending(t, |q| set(q, 3, None))),
+            kem_mismatch,
+        ),
+        (
+            &pq,
+            Box::new(|t, _| edit_pending(t, |q| set(q, 4, None))),
+            kem_mismatch,
+        ),
+        (
+            &pq,
+            Box::new(|t, _| edit_pending(t, |q| set(q, 4, ct(KEM_CIPHERTEXT_LEN - 1)))),
+            "pending.kem_ciphertext",
+        ),
+        (
+            &pq,
+            Box::new(|t, _| edit_pending(t, |q| set(q, 4, ct(KEM_CIPHERTEXT_LEN + 1)))),
+            "pending.kem_ciphertext",
+        ),
+        (
+            &pq,
+            Box::new(|t, _| edit_pending(t, |q| set(q, 4, ct(0)))),
+            "pending.kem_ciphertext",
+        ),
+        // A responder never has pending data, PQXDH or not.
+        (
+            &pq,
+            Box::new(|t, _| set(t, 2, None)),
+            "pending only for the initiator",
         ),
         (&a, Box::new(|t, _| set(t, 3, key(31))), "local_identity"),
         (
@@ -1424,7 +1706,15 @@ fn session_snapshot_invariants_are_checked() {
     assert_eq!(restored.skipped_keys(), MAX_STORED_SKIPPED);
     // Unedited snapshots restore (the edit helper is faithful).
     assert!(edit_session(&a, |_, _| ()) == a);
+    assert!(edit_session(&pq, |t, _| edit_pending(t, |_| ())) == pq);
     assert!(Session::restore(&edit_session(&b, |_, _| ())).is_ok());
+}
+
+/// Edits the pending initial data (session snapshot field 6) in place.
+fn edit_pending(top: &mut Fields, edit: impl FnOnce(&mut Fields)) {
+    let mut pending = parse_proto(&len_fields(top, 6)[0]).expect("pending");
+    edit(&mut pending);
+    set(top, 6, Some(Value::Len(encode_proto(&pending))));
 }
 
 #[test]
@@ -1433,31 +1723,52 @@ fn prekeys_snapshot_invariants_are_checked() {
     let (mut bob, _) = Device::new(&mut rng, 2);
     bob.prekeys
         .rotate_signed_prekey(&mut rng, &bob.identity, NOW);
+    // KEM ids: last-resort 1 (retired below), one-time 2 and 3, last-resort 4 (current).
+    let kem_otks = bob
+        .prekeys
+        .generate_one_time_kem_prekeys(&mut rng, &bob.identity, 2)
+        .expect("generate");
+    assert_eq!(kem_otks.iter().map(|k| k.id()).collect::<Vec<_>>(), [2, 3]);
+    let lr = bob
+        .prekeys
+        .rotate_last_resort_kem_prekey(&mut rng, &bob.identity, NOW);
+    assert_eq!(lr.id(), 4);
     let a = IdentityKeyPair::generate(&mut rng);
-    // No one-time prekey, so the accept is recorded in the replay record.
+    // No one-time prekey, so the accept is recorded in the replay record: X3DH as
+    // (signed prekey, base key), PQXDH with the last-resort KEM prekey as a KEM triple.
     let mut s = common::initiate(&mut rng, &a, &bob, None);
     accept(&mut rng, &mut bob, &s.encrypt(b"x").expect("e")).expect("accept");
+    let mut s2 = common::initiate_pq(&mut rng, &a, &bob, None, None);
+    accept(&mut rng, &mut bob, &s2.encrypt(b"x").expect("e")).expect("accept");
     let snap = bob.prekeys.snapshot();
     let top = parse_proto(&snap[1..]).expect("snapshot");
-    let spks = len_fields(&top, 1);
-    assert_eq!(spks.len(), 2);
+    assert_eq!(len_fields(&top, 1).len(), 2, "signed prekeys");
+    assert_eq!(len_fields(&top, 2).len(), 2, "one-time prekeys");
+    assert_eq!(len_fields(&top, 5).len(), 2, "replay records");
+    assert_eq!(len_fields(&top, 6).len(), 2, "last-resort KEM prekeys");
+    assert_eq!(len_fields(&top, 7).len(), 2, "one-time KEM prekeys");
+    assert!(top.contains(&(8, Value::Varint(5))), "next KEM id");
+    assert!(top.contains(&(9, Value::Varint(1))), "AllowClassical");
     let rebuild = |fs: &Fields| [vec![0x32], encode_proto(fs)].concat();
-    let with_spk = |i: usize, edit: &dyn Fn(&mut Fields)| -> Vec<u8> {
+    // Edits the `i`-th occurrence of repeated field `field`.
+    let with_entry = |field: u32, i: usize, edit: &dyn Fn(&mut Fields)| -> Vec<u8> {
         let mut fs = top.clone();
         let mut n = 0;
         for (f, v) in fs.iter_mut() {
-            if *f == 1 {
+            if *f == field {
                 if n == i {
                     let Value::Len(inner) = v else { panic!() };
-                    let mut spk = parse_proto(inner).expect("spk");
-                    edit(&mut spk);
-                    *v = Value::Len(encode_proto(&spk));
+                    let mut entry = parse_proto(inner).expect("entry");
+                    edit(&mut entry);
+                    *v = Value::Len(encode_proto(&entry));
                 }
                 n += 1;
             }
         }
+        assert!(n > i, "no entry {i} of field {field}");
         rebuild(&fs)
     };
+    let with_spk = |i: usize, edit: &dyn Fn(&mut Fields)| with_entry(1, i, edit);
     let edit_top = |edit: &dyn Fn(&mut Fields)| {
         let mut fs = top.clone();
         edit(&mut fs);
@@ -1474,37 +1785,55 @@ fn prekeys_snapshot_invariants_are_checked() {
         }
         Value::Len(encode_proto(&f))
     };
+    let kem_record = |id: u64, retired: Option<u64>| {
+        let mut f = vec![
+            (1, Value::Varint(id)),
+            (2, Value::Len(vec![3; 64])),
+            (3, Value::Len(vec![4; 64])),
+        ];
+        if let Some(r) = retired {
+            f.push((5, Value::Varint(r)));
+        }
+        Value::Len(encode_proto(&f))
+    };
+    let replay_entry = |spk: u64, key: Vec<u8>, kem: Option<u64>| {
+        let mut f = vec![(1, Value::Varint(spk)), (2, Value::Len(key))];
+        if let Some(k) = kem {
+            f.push((3, Value::Varint(k)));
+        }
+        Value::Len(encode_proto(&f))
+    };
+    let numbered = |i: u32| {
+        let mut k = vec![0u8; 32];
+        k[..4].copy_from_slice(&i.to_le_bytes());
+        k
+    };
+    let signed = "signed prekeys: one current, unique nonzero ids";
+    let last_resort = "last-resort KEM prekeys: one current, unique nonzero ids";
+    // Entry 0 of a rotating set is the current key, entry 1 the retired one.
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (
-            edit_top(&|fs| fs.retain(|(f, _)| *f != 1)),
-            "signed prekey count",
-        ),
-        (
-            with_spk(1, &|spk| set(spk, 5, None)),
-            "exactly one current signed prekey",
-        ),
+        // Signed prekeys: exactly one current, unique nonzero ids.
+        (edit_top(&|fs| fs.retain(|(f, _)| *f != 1)), signed),
+        (with_spk(1, &|spk| set(spk, 5, None)), signed),
         (
             with_spk(0, &|spk| set(spk, 5, Some(Value::Varint(1)))),
-            "exactly one current signed prekey",
+            signed,
         ),
         (
             with_spk(1, &|spk| set(spk, 1, Some(Value::Varint(2)))),
-            "duplicate signed prekey id",
+            signed,
         ),
-        (
-            edit_top(&|fs| fs.push((1, spk_record(1, Some(5))))),
-            "duplicate signed prekey id",
-        ),
+        (edit_top(&|fs| fs.push((1, spk_record(1, Some(5))))), signed),
         (
             edit_top(&|fs| {
                 fs.push((1, spk_record(50, Some(5))));
                 fs.push((1, spk_record(50, Some(6))));
             }),
-            "duplicate signed prekey id",
+            signed,
         ),
         // Signed prekey id 0 (PreKeys never assigns it), current or retired.
-        (with_spk(0, &|spk| set(spk, 1, None)), "signed prekey id 0"),
-        (with_spk(1, &|spk| set(spk, 1, None)), "signed prekey id 0"),
+        (with_spk(0, &|spk| set(spk, 1, None)), signed),
+        (with_spk(1, &|spk| set(spk, 1, None)), signed),
         (
             with_spk(0, &|spk| set(spk, 2, Some(Value::Len(vec![1; 31])))),
             "signed prekey private key",
@@ -1513,6 +1842,64 @@ fn prekeys_snapshot_invariants_are_checked() {
             with_spk(1, &|spk| set(spk, 3, Some(Value::Len(vec![1; 63])))),
             "signature",
         ),
+        // Last-resort KEM prekeys: the same rules, plus a 64-byte seed and a 64-byte signature.
+        (edit_top(&|fs| fs.retain(|(f, _)| *f != 6)), last_resort),
+        (with_entry(6, 1, &|k| set(k, 5, None)), last_resort),
+        (
+            with_entry(6, 0, &|k| set(k, 5, Some(Value::Varint(1)))),
+            last_resort,
+        ),
+        (
+            with_entry(6, 1, &|k| set(k, 1, Some(Value::Varint(4)))),
+            last_resort,
+        ),
+        (with_entry(6, 0, &|k| set(k, 1, None)), last_resort),
+        (with_entry(6, 1, &|k| set(k, 1, None)), last_resort),
+        (
+            edit_top(&|fs| fs.push((6, kem_record(9, None)))),
+            last_resort,
+        ),
+        (
+            edit_top(&|fs| fs.push((6, kem_record(1, Some(5))))),
+            last_resort,
+        ),
+        (
+            with_entry(6, 0, &|k| set(k, 2, Some(Value::Len(vec![1; 63])))),
+            "KEM seed",
+        ),
+        (
+            with_entry(6, 1, &|k| set(k, 2, Some(Value::Len(vec![1; 65])))),
+            "KEM seed",
+        ),
+        (with_entry(6, 0, &|k| set(k, 2, None)), "KEM seed"),
+        (
+            with_entry(6, 1, &|k| set(k, 3, Some(Value::Len(vec![1; 63])))),
+            "kem signature",
+        ),
+        (with_entry(6, 0, &|k| set(k, 3, None)), "kem signature"),
+        // One-time KEM prekeys: 64-byte seeds, nonzero ids unique across the KEM id space.
+        (
+            with_entry(7, 0, &|k| set(k, 2, Some(Value::Len(vec![1; 32])))),
+            "KEM seed",
+        ),
+        (with_entry(7, 1, &|k| set(k, 2, None)), "KEM seed"),
+        (
+            with_entry(7, 0, &|k| set(k, 1, Some(Value::Varint(4)))),
+            "one-time KEM prekey id",
+        ),
+        (
+            with_entry(7, 1, &|k| set(k, 1, Some(Value::Varint(1)))),
+            "one-time KEM prekey id",
+        ),
+        (
+            with_entry(7, 0, &|k| set(k, 1, None)),
+            "one-time KEM prekey id",
+        ),
+        (
+            with_entry(7, 1, &|k| set(k, 1, Some(Value::Varint(2)))),
+            "duplicate one-time KEM prekey id",
+        ),
+        // One-time EC prekeys.
         (
             edit_top(&|fs| {
                 fs.push((
@@ -1537,17 +1924,35 @@ fn prekeys_snapshot_invariants_are_checked() {
             }),
             "duplicate one-time prekey id",
         ),
+        // Replay records: entry 0 is the X3DH (signed) record, entry 1 the KEM triple.
         (
-            edit_top(&|fs| {
-                fs.push((
-                    5,
-                    Value::Len(encode_proto(&[
-                        (1, Value::Varint(1)),
-                        (2, Value::Len(vec![1; 31])),
-                    ])),
-                ))
-            }),
+            edit_top(&|fs| fs.push((5, replay_entry(1, vec![1; 31], None)))),
             "accepted base key",
+        ),
+        (
+            edit_top(&|fs| fs.push((5, replay_entry(1, vec![1; 33], Some(4))))),
+            "accepted base key",
+        ),
+        (
+            with_entry(5, 0, &|r| set(r, 1, Some(Value::Varint(99)))),
+            "accepted base key for an unknown signed prekey",
+        ),
+        (
+            with_entry(5, 1, &|r| set(r, 1, Some(Value::Varint(99)))),
+            "accepted base key for an unknown signed prekey",
+        ),
+        (
+            with_entry(5, 1, &|r| set(r, 3, Some(Value::Varint(99)))),
+            "accepted base key for an unknown KEM prekey",
+        ),
+        // A one-time KEM prekey has no replay record: its deletion stops replays.
+        (
+            with_entry(5, 1, &|r| set(r, 3, Some(Value::Varint(2)))),
+            "accepted base key for an unknown KEM prekey",
+        ),
+        (
+            with_entry(5, 0, &|r| set(r, 3, Some(Value::Varint(5)))),
+            "accepted base key for an unknown KEM prekey",
         ),
         (
             edit_top(&|fs| {
@@ -1558,13 +1963,23 @@ fn prekeys_snapshot_invariants_are_checked() {
         ),
         (
             edit_top(&|fs| {
+                let dup = len_fields(fs, 5)[1].clone();
+                fs.push((5, Value::Len(dup)));
+            }),
+            "duplicate accepted base key",
+        ),
+        (
+            edit_top(&|fs| {
                 for i in 0..MAX_ACCEPTED_BASE_KEYS as u32 {
-                    let mut k = vec![0u8; 32];
-                    k[..4].copy_from_slice(&i.to_le_bytes());
-                    fs.push((
-                        5,
-                        Value::Len(encode_proto(&[(1, Value::Varint(2)), (2, Value::Len(k))])),
-                    ));
+                    fs.push((5, replay_entry(2, numbered(i), None)));
+                }
+            }),
+            "accepted base key count",
+        ),
+        (
+            edit_top(&|fs| {
+                for i in 0..MAX_ACCEPTED_BASE_KEYS as u32 {
+                    fs.push((5, replay_entry(2, numbered(i), Some(4))));
                 }
             }),
             "accepted base key count",
@@ -1577,7 +1992,26 @@ fn prekeys_snapshot_invariants_are_checked() {
             "{expected}"
         );
     }
-    // More signed prekeys than MAX_SIGNED_PREKEYS is caught on the wire bytes.
+    // The same (signed prekey, base key) may be in both records, and the KEM record of one
+    // last-resort KEM prekey may name any held signed prekey.
+    let both = edit_top(&|fs| {
+        let Value::Len(signed_entry) = &fs.iter().find(|(f, _)| *f == 5).expect("entry").1 else {
+            panic!()
+        };
+        let mut e = parse_proto(signed_entry).expect("entry");
+        set(&mut e, 3, Some(Value::Varint(4)));
+        fs.push((5, Value::Len(encode_proto(&e))));
+        fs.push((5, replay_entry(1, numbered(7), Some(1))));
+    });
+    assert!(PreKeys::restore(&both).is_ok());
+    // Full records (MAX_ACCEPTED_BASE_KEYS per key) restore.
+    let full = edit_top(&|fs| {
+        for i in 1..MAX_ACCEPTED_BASE_KEYS as u32 {
+            fs.push((5, replay_entry(2, numbered(i), Some(4))));
+        }
+    });
+    assert!(PreKeys::restore(&full).is_ok());
+    // Counts beyond the limits are caught on the wire bytes.
     let too_many = edit_top(&|fs| {
         for i in 0..(MAX_SIGNED_PREKEYS - 1) as u64 {
             fs.push((1, spk_record(100 + i, Some(1))));
@@ -1607,19 +2041,70 @@ fn prekeys_snapshot_invariants_are_checked() {
         Some(RestoreError::Decode(DecodeError::TooMany { field: "one_time_prekeys", count, limit }))
             if count > limit && limit == MAX_ONE_TIME_PREKEYS
     ));
+    let too_many = edit_top(&|fs| {
+        for i in 0..(MAX_LAST_RESORT_KEM_PREKEYS - 1) as u64 {
+            fs.push((6, kem_record(100 + i, Some(1))));
+        }
+    });
+    assert_eq!(
+        PreKeys::restore(&too_many).err(),
+        Some(RestoreError::Decode(DecodeError::TooMany {
+            field: "last_resort_kem_prekeys",
+            count: MAX_LAST_RESORT_KEM_PREKEYS + 1,
+            limit: MAX_LAST_RESORT_KEM_PREKEYS
+        }))
+    );
+    let at_limit = edit_top(&|fs| {
+        for i in 0..(MAX_LAST_RESORT_KEM_PREKEYS - 2) as u64 {
+            fs.push((6, kem_record(100 + i, Some(1))));
+        }
+    });
+    assert!(PreKeys::restore(&at_limit).is_ok());
+    let too_many = edit_top(&|fs| {
+        for i in 0..(MAX_ONE_TIME_KEM_PREKEYS - 1) as u64 {
+            fs.push((7, kem_record(100 + i, None)));
+        }
+    });
+    assert_eq!(
+        PreKeys::restore(&too_many).err(),
+        Some(RestoreError::Decode(DecodeError::TooMany {
+            field: "one_time_kem_prekeys",
+            count: MAX_ONE_TIME_KEM_PREKEYS + 1,
+            limit: MAX_ONE_TIME_KEM_PREKEYS
+        }))
+    );
     // next ids of 0 are read as 1.
     let zero_ids = edit_top(&|fs| {
         set(fs, 3, None);
         set(fs, 4, None);
+        set(fs, 8, None);
     });
     assert!(PreKeys::restore(&zero_ids).is_ok());
+    // The policy is field 9: absent means the default (PQXDH required).
+    assert_eq!(
+        PreKeys::restore(&rebuild(&top)).expect("restore").policy(),
+        HandshakePolicy::AllowClassical
+    );
+    assert_eq!(
+        PreKeys::restore(&edit_top(&|fs| set(fs, 9, None)))
+            .expect("restore")
+            .policy(),
+        HandshakePolicy::RequirePostQuantum
+    );
+    // A snapshot without any KEM prekey (as written before PQXDH support, same leading byte)
+    // does not restore: every PreKeys holds a last-resort KEM prekey.
+    let classical_only = edit_top(&|fs| fs.retain(|(f, _)| *f <= 5));
+    assert_eq!(
+        PreKeys::restore(&classical_only).err(),
+        Some(RestoreError::Invariant(last_resort))
+    );
     assert_eq!(
         PreKeys::restore(&[0x31]).err(),
         Some(RestoreError::Decode(DecodeError::UnsupportedVersion(0x31)))
     );
     assert_eq!(
         PreKeys::restore(&[0x32]).err(),
-        Some(RestoreError::Invariant("signed prekey count"))
+        Some(RestoreError::Invariant(signed))
     );
     // Unedited: restores byte-identically.
     assert!(

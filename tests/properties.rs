@@ -9,6 +9,10 @@
 //!   when its `pn`/`n` exceed the skip bound;
 //! * every failure leaves the snapshots byte-identical and the RNG untouched;
 //! * restoring any state from its snapshot at any point changes no output byte.
+//!
+//! The same simulation runs on sessions set up by X3DH (`conversations`) and by PQXDH
+//! (`pq_conversations`, with a one-time or the last-resort KEM prekey): after the handshake,
+//! PQXDH sessions must behave exactly like X3DH ones.
 
 #![allow(
     clippy::unwrap_used,
@@ -23,7 +27,7 @@ use std::collections::{HashSet, VecDeque};
 
 use common::{Device, PREKEY_V1, RATCHET_V1, RecvError, Routed, bob_receive, header_of, rng};
 use confidant::limits::{MAX_SKIP, MAX_STORED_SKIPPED};
-use confidant::{DecryptError, HandshakeError, IdentityKeyPair, PreKeys, Session};
+use confidant::{DecryptError, Handshake, HandshakeError, IdentityKeyPair, PreKeys, Session};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestCaseError};
@@ -197,13 +201,36 @@ enum Event {
     Rejected { id: usize, error: String },
 }
 
+/// How Alice's session is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    /// X3DH with a one-time prekey.
+    X3dh,
+    /// PQXDH with a one-time KEM prekey and a one-time prekey: accepting consumes both.
+    PqOneTime,
+    /// PQXDH with the last-resort KEM prekey and no one-time prekey: accepting consumes nothing
+    /// and records the KEM triple `(KEM prekey id, signed prekey id, base key)` instead.
+    PqLastResort,
+}
+
+/// What Bob's first successful accept must report and leave behind.
+struct Expected {
+    handshake: Handshake,
+    consumed_one_time_prekey: Option<u32>,
+    consumed_one_time_kem_prekey: Option<u32>,
+    one_time_prekeys_left: usize,
+    one_time_kem_prekeys_left: usize,
+    /// `(signed prekey id, KEM prekey id)` of every replay-record entry after the accept.
+    replay_records: Vec<(u64, Option<u64>)>,
+}
+
 struct Sim {
     rng: ChaCha20Rng,
     alice_identity: IdentityKeyPair,
     alice: Session,
     bob: Device,
     bob_session: Option<Session>,
-    opk_id: u32,
+    expected: Expected,
     msgs: Vec<Msg>,
     to_bob: Vec<usize>,
     to_alice: Vec<usize>,
@@ -217,19 +244,58 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, setup: Setup) -> Self {
         let mut rng = rng(seed);
-        let (bob, otks) = Device::new(&mut rng, 2);
-        let alice_identity = IdentityKeyPair::generate(&mut rng);
-        let opk = otks[1];
-        let alice = common::initiate(&mut rng, &alice_identity, &bob, Some(opk));
+        let (alice_identity, alice, bob, expected) = match setup {
+            Setup::X3dh => {
+                let (bob, otks) = Device::new(&mut rng, 2);
+                let alice_identity = IdentityKeyPair::generate(&mut rng);
+                let opk = otks[1];
+                let alice = common::initiate(&mut rng, &alice_identity, &bob, Some(opk));
+                let expected = Expected {
+                    handshake: Handshake::X3dh,
+                    consumed_one_time_prekey: Some(opk.id()),
+                    consumed_one_time_kem_prekey: None,
+                    one_time_prekeys_left: 1,
+                    one_time_kem_prekeys_left: 0,
+                    replay_records: vec![],
+                };
+                (alice_identity, alice, bob, expected)
+            }
+            Setup::PqOneTime | Setup::PqLastResort => {
+                let (mut bob, otks) = Device::new_pq(&mut rng, 2);
+                let kem_otks = bob
+                    .prekeys
+                    .generate_one_time_kem_prekeys(&mut rng, &bob.identity, 2)
+                    .expect("generate");
+                let alice_identity = IdentityKeyPair::generate(&mut rng);
+                let one_time = setup == Setup::PqOneTime;
+                let opk = Some(otks[1]).filter(|_| one_time);
+                let kem = Some(kem_otks[1].clone()).filter(|_| one_time);
+                let alice = common::initiate_pq(&mut rng, &alice_identity, &bob, opk, kem.clone());
+                let last_resort = bob.prekeys.last_resort_kem_prekey().id();
+                let expected = Expected {
+                    handshake: Handshake::Pqxdh,
+                    consumed_one_time_prekey: opk.map(|k| k.id()),
+                    consumed_one_time_kem_prekey: kem.map(|k| k.id()),
+                    one_time_prekeys_left: if one_time { 1 } else { 2 },
+                    one_time_kem_prekeys_left: if one_time { 1 } else { 2 },
+                    replay_records: if one_time {
+                        vec![]
+                    } else {
+                        vec![(1, Some(u64::from(last_resort)))]
+                    },
+                };
+                (alice_identity, alice, bob, expected)
+            }
+        };
         Self {
             rng,
             alice_identity,
             alice,
             bob,
             bob_session: None,
-            opk_id: opk.id(),
+            expected,
             msgs: Vec::new(),
             to_bob: Vec::new(),
             to_alice: Vec::new(),
@@ -358,8 +424,22 @@ impl Sim {
                 let plaintext = match result {
                     Ok(Routed::Accepted(a)) => {
                         prop_assert!(!had_session, "accept while a session exists");
-                        prop_assert_eq!(a.consumed_one_time_prekey, Some(self.opk_id));
-                        prop_assert_eq!(self.bob.prekeys.one_time_prekey_count(), 1);
+                        let e = &self.expected;
+                        prop_assert_eq!(a.session.handshake(), e.handshake);
+                        prop_assert_eq!(a.consumed_one_time_prekey, e.consumed_one_time_prekey);
+                        prop_assert_eq!(
+                            a.consumed_one_time_kem_prekey,
+                            e.consumed_one_time_kem_prekey
+                        );
+                        prop_assert_eq!(
+                            self.bob.prekeys.one_time_prekey_count(),
+                            e.one_time_prekeys_left
+                        );
+                        prop_assert_eq!(
+                            self.bob.prekeys.one_time_kem_prekey_count(),
+                            e.one_time_kem_prekeys_left
+                        );
+                        prop_assert_eq!(&replay_records(&self.bob.prekeys), &e.replay_records);
                         self.bob_session = Some(a.session);
                         a.plaintext.to_vec()
                     }
@@ -559,6 +639,11 @@ impl Sim {
                 self.deliver_to_alice(id)?;
             }
         }
+        // Neither side ever changes its handshake kind.
+        prop_assert_eq!(self.alice.handshake(), self.expected.handshake);
+        if let Some(s) = &self.bob_session {
+            prop_assert_eq!(s.handshake(), self.expected.handshake);
+        }
         // The stored skipped keys are exactly the model's, entry by entry, oldest first.
         prop_assert_eq!(
             skipped_ids(&self.alice),
@@ -575,6 +660,26 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// `(signed prekey id, KEM prekey id)` of every replay-record entry of a PreKeys snapshot
+/// (PROTOCOL.md §10.2: `accepted_base_keys`, field 5).
+fn replay_records(p: &PreKeys) -> Vec<(u64, Option<u64>)> {
+    let snapshot = p.snapshot();
+    let top = common::parse_proto(&snapshot[1..]).expect("snapshot");
+    common::len_fields(&top, 5)
+        .iter()
+        .map(|entry| {
+            let fields = common::parse_proto(entry).expect("replay entry");
+            let varint = |field| {
+                fields.iter().find_map(|(f, v)| match v {
+                    common::Value::Varint(x) if *f == field => Some(*x),
+                    _ => None,
+                })
+            };
+            (varint(1).unwrap_or(0), varint(3))
+        })
+        .collect()
 }
 
 /// The `(ratchet key, n)` of every stored skipped key, oldest first, read from the snapshot
@@ -610,19 +715,48 @@ proptest! {
     /// predicted error and change nothing; restoring snapshots anywhere changes no output byte.
     #[test]
     fn conversations(seed in any::<u64>(), actions in actions()) {
-        let mut plain = Sim::new(seed);
-        plain.run(&actions, false)?;
-        let mut restored = Sim::new(seed);
-        restored.run(&actions, true)?;
-        prop_assert!(plain.transcript == restored.transcript, "snapshot/restore changed the transcript");
-        // Both ends of both runs also agree on the final state, byte for byte.
-        prop_assert_eq!(plain.alice.snapshot(), restored.alice.snapshot());
-        prop_assert_eq!(
-            plain.bob_session.as_ref().map(Session::snapshot),
-            restored.bob_session.as_ref().map(Session::snapshot)
-        );
-        prop_assert_eq!(plain.bob.prekeys.snapshot(), restored.bob.prekeys.snapshot());
+        conversation(seed, Setup::X3dh, &actions)?;
     }
+}
+
+proptest! {
+    // Fewer cases: a PQXDH setup costs an ML-KEM key generation, encapsulation and
+    // decapsulation per run, and the ratchet under test is the same.
+    #![proptest_config(config(384))]
+
+    /// As `conversations`, for sessions set up by PQXDH with a one-time KEM prekey (and a
+    /// one-time prekey) or with the last-resort KEM prekey (and none).
+    #[test]
+    fn pq_conversations(
+        seed in any::<u64>(),
+        setup in prop_oneof![Just(Setup::PqOneTime), Just(Setup::PqLastResort)],
+        actions in actions(),
+    ) {
+        conversation(seed, setup, &actions)?;
+    }
+}
+
+/// Runs `actions` twice, without and with snapshot/restore, and compares the runs.
+fn conversation(seed: u64, setup: Setup, actions: &[Action]) -> Result<(), TestCaseError> {
+    let mut plain = Sim::new(seed, setup);
+    plain.run(actions, false)?;
+    let mut restored = Sim::new(seed, setup);
+    restored.run(actions, true)?;
+    prop_assert!(
+        plain.transcript == restored.transcript,
+        "snapshot/restore changed the transcript"
+    );
+    // Both ends of both runs also agree on the final state, byte for byte.
+    prop_assert_eq!(plain.alice.snapshot(), restored.alice.snapshot());
+    prop_assert_eq!(
+        plain.bob_session.as_ref().map(Session::snapshot),
+        restored.bob_session.as_ref().map(Session::snapshot)
+    );
+    prop_assert_eq!(
+        plain.bob.prekeys.snapshot(),
+        restored.bob.prekeys.snapshot()
+    );
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -633,6 +767,8 @@ enum Op {
     DeliverToAlice(Index),
     RotateSignedPreKey,
     GenerateOneTimePreKeys(usize),
+    RotateLastResortKemPreKey,
+    GenerateOneTimeKemPreKeys(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -643,6 +779,15 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<Index>().prop_map(Op::DeliverToAlice),
         1 => Just(Op::RotateSignedPreKey),
         1 => (0usize..4).prop_map(Op::GenerateOneTimePreKeys),
+    ]
+}
+
+/// `op()` plus the KEM prekey operations.
+fn pq_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => op(),
+        1 => Just(Op::RotateLastResortKemPreKey),
+        1 => (0usize..3).prop_map(Op::GenerateOneTimeKemPreKeys),
     ]
 }
 
@@ -669,56 +814,135 @@ proptest! {
     /// a restored session continues exactly like the original.
     #[test]
     fn snapshot_restore_round_trip(seed in any::<u64>(), ops in prop::collection::vec(op(), 0..40)) {
-        let mut rng = rng(seed);
-        let (mut bob, otks) = Device::new(&mut rng, 1);
+        round_trip(seed, false, &ops)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    /// As `snapshot_restore_round_trip` for a PQXDH session (pending KEM data in the
+    /// initiator's snapshot until the first reply) and PreKeys with KEM prekeys being rotated
+    /// and generated.
+    #[test]
+    fn pq_snapshot_restore_round_trip(seed in any::<u64>(), ops in prop::collection::vec(pq_op(), 0..40)) {
+        round_trip(seed, true, &ops)?;
+    }
+}
+
+fn round_trip(seed: u64, pq: bool, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut rng = rng(seed);
+    let (mut bob, mut alice) = if pq {
+        let (mut bob, otks) = Device::new_pq(&mut rng, 1);
+        let kem = bob
+            .prekeys
+            .generate_one_time_kem_prekeys(&mut rng, &bob.identity, 1)
+            .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
         let alice_id = IdentityKeyPair::generate(&mut rng);
-        let mut alice = common::initiate(&mut rng, &alice_id, &bob, otks.first().copied());
-        let mut bob_session: Option<Session> = None;
-        let (mut to_bob, mut to_alice) = (Vec::new(), Vec::new());
-        let mut rotations = 0;
-        session_round_trip(&alice)?;
-        prekeys_round_trip(&bob.prekeys)?;
-        for op in &ops {
-            match op {
-                Op::AliceSends => to_bob.push(alice.encrypt(b"a").map_err(|e| TestCaseError::fail(format!("{e:?}")))?),
-                Op::BobSends => if let Some(s) = bob_session.as_mut() {
-                    to_alice.push(s.encrypt(b"b").map_err(|e| TestCaseError::fail(format!("{e:?}")))?);
-                },
-                Op::DeliverToBob(i) => if !to_bob.is_empty() {
+        let alice = common::initiate_pq(
+            &mut rng,
+            &alice_id,
+            &bob,
+            otks.first().copied(),
+            kem.first().cloned(),
+        );
+        (bob, alice)
+    } else {
+        let (bob, otks) = Device::new(&mut rng, 1);
+        let alice_id = IdentityKeyPair::generate(&mut rng);
+        let alice = common::initiate(&mut rng, &alice_id, &bob, otks.first().copied());
+        (bob, alice)
+    };
+    let handshake = if pq {
+        Handshake::Pqxdh
+    } else {
+        Handshake::X3dh
+    };
+    prop_assert_eq!(alice.handshake(), handshake);
+    let mut bob_session: Option<Session> = None;
+    let (mut to_bob, mut to_alice) = (Vec::new(), Vec::new());
+    let (mut rotations, mut kem_rotations) = (0, 0);
+    session_round_trip(&alice)?;
+    prekeys_round_trip(&bob.prekeys)?;
+    for op in ops {
+        match op {
+            Op::AliceSends => to_bob.push(
+                alice
+                    .encrypt(b"a")
+                    .map_err(|e| TestCaseError::fail(format!("{e:?}")))?,
+            ),
+            Op::BobSends => {
+                if let Some(s) = bob_session.as_mut() {
+                    to_alice.push(
+                        s.encrypt(b"b")
+                            .map_err(|e| TestCaseError::fail(format!("{e:?}")))?,
+                    );
+                }
+            }
+            Op::DeliverToBob(i) => {
+                if !to_bob.is_empty() {
                     let wire = to_bob.remove(i.index(to_bob.len()));
                     match bob_receive(&mut rng, &mut bob, bob_session.as_mut(), &wire) {
-                        Ok(Routed::Accepted(a)) => bob_session = Some(a.session),
+                        Ok(Routed::Accepted(a)) => {
+                            prop_assert_eq!(a.session.handshake(), handshake);
+                            bob_session = Some(a.session);
+                        }
                         Ok(Routed::Session(p)) => prop_assert_eq!(&p[..], b"a"),
                         Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
                     }
-                },
-                Op::DeliverToAlice(i) => if !to_alice.is_empty() {
+                }
+            }
+            Op::DeliverToAlice(i) => {
+                if !to_alice.is_empty() {
                     let wire = to_alice.remove(i.index(to_alice.len()));
-                    let p = alice.decrypt_bytes(&mut rng, &wire).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                    let p = alice
+                        .decrypt_bytes(&mut rng, &wire)
+                        .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
                     prop_assert_eq!(&p[..], b"b");
-                },
-                Op::RotateSignedPreKey => {
-                    // Stay below MAX_SIGNED_PREKEYS so Alice's signed prekey is still held.
-                    if rotations < 8 {
-                        rotations += 1;
-                        bob.prekeys.rotate_signed_prekey(&mut rng, &bob.identity, common::NOW);
-                    }
-                }
-                Op::GenerateOneTimePreKeys(k) => {
-                    bob.prekeys.generate_one_time_prekeys(&mut rng, *k).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
                 }
             }
-            session_round_trip(&alice)?;
-            if let Some(s) = &bob_session {
-                session_round_trip(s)?;
+            Op::RotateSignedPreKey => {
+                // Stay below MAX_SIGNED_PREKEYS so Alice's signed prekey is still held.
+                if rotations < 8 {
+                    rotations += 1;
+                    bob.prekeys
+                        .rotate_signed_prekey(&mut rng, &bob.identity, common::NOW);
+                }
             }
-            prekeys_round_trip(&bob.prekeys)?;
+            Op::GenerateOneTimePreKeys(k) => {
+                bob.prekeys
+                    .generate_one_time_prekeys(&mut rng, *k)
+                    .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            }
+            Op::RotateLastResortKemPreKey => {
+                if kem_rotations < 8 {
+                    kem_rotations += 1;
+                    bob.prekeys
+                        .rotate_last_resort_kem_prekey(&mut rng, &bob.identity, common::NOW);
+                }
+            }
+            Op::GenerateOneTimeKemPreKeys(k) => {
+                bob.prekeys
+                    .generate_one_time_kem_prekeys(&mut rng, &bob.identity, *k)
+                    .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+            }
         }
-        // Continue from restored copies: identical output to the original.
-        let mut restored = Session::restore(&alice.snapshot()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        let a = alice.encrypt(b"next").map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        let b = restored.encrypt(b"next").map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
-        prop_assert_eq!(a, b);
-        prop_assert_eq!(alice.snapshot(), restored.snapshot());
+        session_round_trip(&alice)?;
+        if let Some(s) = &bob_session {
+            session_round_trip(s)?;
+        }
+        prekeys_round_trip(&bob.prekeys)?;
     }
+    // Continue from restored copies: identical output to the original.
+    let mut restored =
+        Session::restore(&alice.snapshot()).map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+    let a = alice
+        .encrypt(b"next")
+        .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+    let b = restored
+        .encrypt(b"next")
+        .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+    prop_assert_eq!(a, b);
+    prop_assert_eq!(alice.snapshot(), restored.snapshot());
+    Ok(())
 }

@@ -10,9 +10,13 @@
 
 mod common;
 
-use common::{Device, Routed, bob_receive, len_fields, parse_proto, rng};
+use common::{Device, Routed, bob_receive, len_fields, parse_proto, prekey, rng};
 use confidant::hazmat::{self, Ratchet};
-use confidant::{IdentityKeyPair, PreKeys, Session};
+use confidant::server::{DeviceKeys, PreKeyUpload};
+use confidant::{
+    IdentityKeyPair, KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPreKeyPublic, Message,
+    PreKeyBundle, PreKeys, Session,
+};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::Rng;
 use sha2::{Digest, Sha512};
@@ -114,18 +118,36 @@ fn session_secrets(s: &Session) -> Vec<Vec<u8>> {
     out
 }
 
-/// Every private key in a PreKeys snapshot (signed and one-time prekeys).
+/// Every private key in a PreKeys snapshot: signed and one-time prekeys (fields 1, 2: 32-byte
+/// X25519 keys) and last-resort and one-time KEM prekeys (fields 6, 7: 64-byte ML-KEM seeds
+/// `d || z`), each in field 2 of its record.
 fn prekey_secrets(p: &PreKeys) -> Vec<Vec<u8>> {
     let snap = p.snapshot();
     let top = parse_proto(&snap[1..]).expect("prekeys snapshot");
     let mut out = Vec::new();
-    for field in [1, 2] {
+    for (field, len) in [(1, 32), (2, 32), (6, 64), (7, 64)] {
         for record in len_fields(&top, field) {
-            out.extend(len_fields(&parse_proto(&record).expect("record"), 2));
+            let secret = len_fields(&parse_proto(&record).expect("record"), 2);
+            assert!(secret.len() == 1 && secret[0].len() == len, "field {field}");
+            out.extend(secret);
         }
     }
-    assert!(out.iter().all(|k| k.len() == 32));
     out
+}
+
+/// The 64-byte seeds of the KEM prekeys in a PreKeys snapshot (fields 6 and 7).
+fn kem_seeds(p: &PreKeys) -> Vec<[u8; 64]> {
+    let top = parse_proto(&p.snapshot()[1..]).expect("prekeys snapshot");
+    [6, 7]
+        .into_iter()
+        .flat_map(|field| len_fields(&top, field))
+        .map(|r| {
+            len_fields(&parse_proto(&r).expect("record"), 2)[0]
+                .clone()
+                .try_into()
+                .expect("64-byte seed")
+        })
+        .collect()
 }
 
 #[test]
@@ -165,9 +187,43 @@ fn prekeys_debug_is_redacted() {
     dev.prekeys
         .rotate_signed_prekey(&mut rng, &dev.identity, common::NOW);
     let mut secrets = prekey_secrets(&dev.prekeys);
-    assert_eq!(secrets.len(), 2 + 5);
+    // Two signed prekeys, five one-time prekeys, the last-resort KEM seed.
+    assert_eq!(secrets.len(), 2 + 5 + 1);
     secrets.extend(identity_secrets(&dev.identity));
     assert_redacted("PreKeys", &dev.prekeys, &secrets);
+}
+
+/// PreKeys holding KEM seeds (a current and a retired last-resort KEM prekey, one-time KEM
+/// prekeys, a KEM replay record): no seed, half-seed or X25519 key shows in its Debug.
+#[test]
+fn prekeys_with_kem_seeds_debug_is_redacted() {
+    let mut rng = rng(6);
+    let (mut dev, otks) = Device::new_pq(&mut rng, 2);
+    dev.prekeys
+        .generate_one_time_kem_prekeys(&mut rng, &dev.identity, 3)
+        .expect("generate");
+    dev.prekeys
+        .rotate_last_resort_kem_prekey(&mut rng, &dev.identity, common::NOW);
+    let alice_id = IdentityKeyPair::generate(&mut rng);
+    let mut alice = common::initiate_pq(&mut rng, &alice_id, &dev, otks.first().copied(), None);
+    let wire = alice.encrypt(b"x").expect("encrypt");
+    let seeds_before = kem_seeds(&dev.prekeys);
+    let Ok(Routed::Accepted(_)) = bob_receive(&mut rng, &mut dev, None, &wire) else {
+        panic!("accept")
+    };
+    let mut secrets = prekey_secrets(&dev.prekeys);
+    // Two last-resort seeds and three one-time ones, as the snapshot's fields 6 and 7 hold them.
+    assert_eq!(kem_seeds(&dev.prekeys).len(), 2 + 3);
+    assert_eq!(secrets.len(), 1 + 1 + 2 + 3);
+    for seed in seeds_before {
+        // Each half on its own too: `d` and `z` are both secret.
+        secrets.push(seed[..32].to_vec());
+        secrets.push(seed[32..].to_vec());
+    }
+    secrets.extend(identity_secrets(&dev.identity));
+    assert_redacted("PreKeys with KEM prekeys", &dev.prekeys, &secrets);
+    let text = format!("{:?}", dev.prekeys);
+    assert!(text.len() < 1000, "PreKeys Debug is {} chars", text.len());
 }
 
 /// Alice and Bob with skipped keys on both sides, every state field populated.
@@ -289,4 +345,149 @@ fn hazmat_types_debug_is_redacted() {
     let mut secrets = vec![bob_x3dh.shared_secret.to_vec(), spk_private.to_vec()];
     secrets.extend(bob_x3dh.dh.iter().map(|d| d.to_vec()));
     assert_redacted("X3dhOutput (responder)", &bob_x3dh, &secrets);
+}
+
+/// A PQXDH session pair and the acceptance that made Bob's side: the session secrets, the KEM
+/// seeds and the KEM shared secret `SS` (recomputed from Bob's seed and Alice's ciphertext)
+/// stay out of every Debug.
+#[test]
+fn pqxdh_session_and_accepted_debug_is_redacted() {
+    let mut rng = rng(7);
+    let (mut bob, otks) = Device::new_pq(&mut rng, 1);
+    let kem = bob
+        .prekeys
+        .generate_one_time_kem_prekeys(&mut rng, &bob.identity, 1)
+        .expect("generate");
+    let alice_id = IdentityKeyPair::generate(&mut rng);
+    let mut alice = common::initiate_pq(
+        &mut rng,
+        &alice_id,
+        &bob,
+        otks.first().copied(),
+        kem.first().cloned(),
+    );
+    let plaintext = random32(&mut rng);
+    let wire = alice.encrypt(&plaintext).expect("encrypt");
+    let ct: [u8; KEM_CIPHERTEXT_LEN] = len_fields(&parse_proto(&wire[1..]).expect("wire"), 7)[0]
+        .clone()
+        .try_into()
+        .expect("ciphertext");
+    let one_time_seed = kem_seeds(&bob.prekeys)[1];
+    assert_eq!(
+        &hazmat::kem_public(&one_time_seed),
+        kem[0].key(),
+        "the seed Alice used"
+    );
+    let ss = hazmat::kem_decapsulate(&one_time_seed, &ct);
+    let mut prekeys_before = prekey_secrets(&bob.prekeys);
+    prekeys_before.push(ss.to_vec());
+    assert_redacted(
+        "pending PQXDH Session",
+        &alice,
+        &[&session_secrets(&alice)[..], &prekeys_before[..]].concat(),
+    );
+    let Ok(Routed::Accepted(acc)) = bob_receive(&mut rng, &mut bob, None, &wire) else {
+        panic!("accept")
+    };
+    let mut secrets = session_secrets(&acc.session);
+    secrets.push(plaintext.to_vec());
+    secrets.extend(prekeys_before.iter().cloned());
+    secrets.extend(identity_secrets(&bob.identity));
+    secrets.extend(identity_secrets(&alice_id));
+    assert_redacted("PQXDH Accepted", &acc, &secrets);
+    let mut bob_s = acc.session;
+    let reply = bob_s.encrypt(b"reply").expect("encrypt");
+    alice.decrypt_bytes(&mut rng, &reply).expect("decrypt");
+    for (name, s) in [("PQXDH initiator", &alice), ("PQXDH responder", &bob_s)] {
+        let mut secrets = session_secrets(s);
+        secrets.push(ss.to_vec());
+        assert_redacted(name, s, &secrets);
+    }
+}
+
+/// The public KEM types print a short prefix, never the 1568-byte key or ciphertext.
+#[test]
+fn kem_public_types_debug_is_compact() {
+    let mut rng = rng(8);
+    let (mut bob, otks) = Device::new_pq(&mut rng, 1);
+    let kem_otks = bob
+        .prekeys
+        .generate_one_time_kem_prekeys(&mut rng, &bob.identity, 2)
+        .expect("generate");
+    let last_resort = bob.prekeys.last_resort_kem_prekey();
+    let key = last_resort.key();
+    // Everything after the 8-byte prefix the Debug shows.
+    let body = |k: &KemPreKeyPublic| k.key().as_bytes()[8..].to_vec();
+
+    for text in [format!("{key:?}"), format!("{key:#?}")] {
+        assert!(
+            text.len() < 100,
+            "KemPublicKey Debug is {} chars: {text}",
+            text.len()
+        );
+        assert!(leak(&text, &key.as_bytes()[8..]).is_none(), "{text}");
+    }
+    assert!(format!("{key:?}").contains(&hex::encode(&key.as_bytes()[..8])));
+
+    let alice_id = IdentityKeyPair::generate(&mut rng);
+    let bundle = PreKeyBundle::new(
+        bob.identity.public(),
+        bob.prekeys.signed_prekey(),
+        otks.first().copied(),
+    )
+    .with_kem_prekey(last_resort.clone());
+    let verified = bundle.clone().verify().expect("verify");
+    let mut alice = confidant::Session::initiate(
+        &mut rng,
+        &alice_id,
+        bundle.clone().verify().expect("verify"),
+    )
+    .expect("initiate");
+    let wire = alice.encrypt(b"hi").expect("encrypt");
+    let ct = len_fields(&parse_proto(&wire[1..]).expect("wire"), 7)[0].clone();
+    assert_eq!(ct.len(), KEM_CIPHERTEXT_LEN);
+    let message = Message::from_bytes(&wire).expect("decode");
+    let upload = PreKeyUpload::new(
+        bob.identity.public(),
+        bob.prekeys.signed_prekey(),
+        otks.clone(),
+    )
+    .with_last_resort_kem_prekey(last_resort.clone())
+    .with_one_time_kem_prekeys(kem_otks.clone());
+    let server = DeviceKeys::register(&upload.to_bytes()).expect("register");
+    let mut fetching = server.clone();
+    let fetched = fetching.fetch_bundle();
+
+    let bulky: Vec<Vec<u8>> = [&last_resort, &kem_otks[0], &kem_otks[1]]
+        .into_iter()
+        .map(body)
+        .chain([ct.clone()])
+        .collect();
+    let cases: Vec<(&str, String, usize)> = vec![
+        // (what, Debug, how many KEM keys it may name)
+        ("KemPreKeyPublic", format!("{last_resort:?}"), 1),
+        ("PreKeyBundle", format!("{bundle:?}"), 1),
+        ("VerifiedBundle", format!("{verified:?}"), 1),
+        ("PreKeyMessage", format!("{:?}", prekey(&wire)), 0),
+        ("Message", format!("{message:?}"), 0),
+        ("PreKeyUpload", format!("{upload:?}"), 3),
+        ("DeviceKeys", format!("{server:?}"), 3),
+        ("Fetched", format!("{fetched:?}"), 1),
+    ];
+    for (what, text, keys) in cases {
+        for (i, b) in bulky.iter().enumerate() {
+            assert!(
+                leak(&text, b).is_none(),
+                "{what} Debug prints bulky value {i}"
+            );
+        }
+        // Shorter than one raw key per key named (the hex of a key alone is 3136 chars, a
+        // byte list far more), and than one raw ciphertext for the messages.
+        let limit = KEM_PUBLIC_KEY_LEN * keys.max(1);
+        assert!(
+            text.len() < limit,
+            "{what} Debug is {} chars (limit {limit})",
+            text.len()
+        );
+    }
 }

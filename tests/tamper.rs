@@ -725,8 +725,13 @@ fn malformed_initial_messages_are_typed_decode_errors() {
             with(&set(1, Value::Varint(0))),
             DecodeError::InvalidField("handshake"),
         ),
+        // Code 2 is PQXDH, which requires the KEM fields this X3DH message lacks.
         (
             with(&set(1, Value::Varint(2))),
+            DecodeError::InvalidField("kem_prekey_id"),
+        ),
+        (
+            with(&set(1, Value::Varint(3))),
             DecodeError::InvalidField("handshake"),
         ),
         (with(&without(1)), DecodeError::InvalidField("handshake")),

@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 
 use confidant::hazmat::{self, Ratchet};
 use confidant::{
-    DecryptError, IdentityKey, IdentityKeyPair, PreKeyBundle, PublicKey, SignedPreKeyPublic,
-    Timestamp,
+    DecryptError, IdentityKey, IdentityKeyPair, KEM_CIPHERTEXT_LEN, KemPreKeyPublic, PreKeyBundle,
+    PublicKey, SignedPreKeyPublic, Timestamp,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -39,6 +39,7 @@ use rand_core::{Rng, TryCryptoRng, TryRng};
 use serde_json::{Value, json};
 
 const PROFILE: &str = "x3dh-dr-ed25519-x25519-sha256-aesgcm/v1";
+const PQ_PROFILE: &str = "pqxdh-ed25519-x25519-mlkem1024-sha256/v1";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -152,7 +153,7 @@ fn our_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("test-vectors")
 }
 
-/// Loads every `*.json` document of our profile in `dir`, grouped by type.
+/// Loads every `*.json` document of our two profiles in `dir` (others are ignored).
 fn load_documents(dir: &Path) -> Vec<(PathBuf, Value)> {
     let mut out = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -163,7 +164,8 @@ fn load_documents(dir: &Path) -> Vec<(PathBuf, Value)> {
     entries.sort();
     for path in entries {
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        if doc.get("profile").and_then(Value::as_str) == Some(PROFILE) {
+        let profile = doc.get("profile").and_then(Value::as_str);
+        if profile == Some(PROFILE) || profile == Some(PQ_PROFILE) {
             out.push((path, doc));
         }
     }
@@ -173,7 +175,16 @@ fn load_documents(dir: &Path) -> Vec<(PathBuf, Value)> {
 // ---------------------------------------------------------------------------------------------
 // X3DH verification
 
-fn check_x3dh(v: &Value) {
+fn hex_len<const N: usize>(v: &Value, key: &str) -> Box<[u8; N]> {
+    Box::new(
+        h(v, key)
+            .try_into()
+            .unwrap_or_else(|_| panic!("{key} is not {N} bytes")),
+    )
+}
+
+/// Checks an `x3dh` vector (PROFILE §6) or, with `pq`, a `pqxdh` vector (PROFILE-pqxdh §8).
+fn check_handshake(v: &Value, pq: bool) {
     let n = name(v);
     let alice = IdentityKeyPair::from_seed(&h32(v, "alice_identity_seed"));
     let bob = IdentityKeyPair::from_seed(&h32(v, "bob_identity_seed"));
@@ -222,27 +233,68 @@ fn check_x3dh(v: &Value) {
         None | Some(Value::Null) => Vec::new(),
         Some(_) => h(v, "associated_data_appendix"),
     };
-    let bundle = PreKeyBundle::new(
+    let mut bundle = PreKeyBundle::new(
         bob.public(),
         SignedPreKeyPublic::new(1, spk, sig, Timestamp(0)),
         opk_pub.map(|k| confidant::OneTimePreKeyPublic::new(2, PublicKey::from_bytes(&k).unwrap())),
     );
+    // PQXDH: the KEM prekey from its seed, and its signature.
+    let kem = pq.then(|| {
+        let seed: [u8; 64] = h(v, "bob_kem_prekey_seed")
+            .try_into()
+            .expect("kem seed is 64 bytes");
+        let key = hazmat::kem_public(&seed);
+        assert_eq!(
+            key.as_bytes().to_vec(),
+            h(v, "bob_kem_prekey_public"),
+            "{n}: bob_kem_prekey_public"
+        );
+        let kem_sig: [u8; 64] = h(v, "bob_kem_prekey_signature")
+            .try_into()
+            .expect("kem signature is 64 bytes");
+        let kind = v["bob_kem_prekey_kind"].as_str();
+        assert!(
+            matches!(kind, Some("one_time" | "last_resort")),
+            "{n}: bob_kem_prekey_kind {kind:?}"
+        );
+        (seed, key, kem_sig)
+    });
+    if let Some((_, key, kem_sig)) = &kem {
+        bundle = bundle.with_kem_prekey(KemPreKeyPublic::new(3, key.clone(), *kem_sig));
+    }
+    let spk_sig_valid = sig == hazmat::sign_prekey(&bob, &spk);
+    let kem_sig_valid = kem
+        .as_ref()
+        .is_none_or(|(_, key, s)| *s == hazmat::sign_kem_prekey(&bob, key));
 
     if let Some(err) = v.get("expect_error") {
-        assert_eq!(
-            err.as_str(),
-            Some("invalid_signature"),
-            "{n}: unknown expect_error"
-        );
         assert!(
             v.get("expected").is_none() || v["expected"].is_null(),
             "{n}: expected present with expect_error"
         );
-        assert_ne!(
-            sig,
-            hazmat::sign_prekey(&bob, &spk),
-            "{n}: signature is the valid one"
-        );
+        match err.as_str() {
+            Some("invalid_signature") => {
+                assert!(
+                    !spk_sig_valid,
+                    "{n}: the signed-prekey signature is the valid one"
+                );
+                assert!(
+                    kem_sig_valid,
+                    "{n}: the other (KEM) signature must be valid"
+                );
+            }
+            Some("invalid_kem_signature") if pq => {
+                assert!(
+                    !kem_sig_valid,
+                    "{n}: the KEM prekey signature is the valid one"
+                );
+                assert!(
+                    spk_sig_valid,
+                    "{n}: the other (signed-prekey) signature must be valid"
+                );
+            }
+            other => panic!("{n}: unknown expect_error {other:?}"),
+        }
         assert_eq!(
             bundle.verify(),
             Err(confidant::BundleError::Unauthenticated),
@@ -250,26 +302,52 @@ fn check_x3dh(v: &Value) {
         );
         return;
     }
-    assert_eq!(
-        sig,
-        hazmat::sign_prekey(&bob, &spk),
-        "{n}: signature is not the deterministic RFC 8032 one"
+    assert!(
+        spk_sig_valid,
+        "{n}: signed-prekey signature is not the deterministic RFC 8032 one"
+    );
+    assert!(
+        kem_sig_valid,
+        "{n}: KEM prekey signature is not the deterministic RFC 8032 one"
     );
     let verified = bundle
         .verify()
         .unwrap_or_else(|e| panic!("{n}: bundle did not verify: {e}"));
     let exp = &v["expected"];
-    let a = hazmat::x3dh_initiate(&alice, &ek_priv, &verified, &appendix).unwrap();
     let ek_pub = PublicKey::from_bytes(&hazmat::x25519_public(&ek_priv)).unwrap();
-    let b = hazmat::x3dh_respond(
-        &bob,
-        &spk_priv,
-        opk_priv.as_ref(),
-        &alice.public(),
-        &ek_pub,
-        &appendix,
-    )
-    .unwrap();
+    let (a, b) = match &kem {
+        Some((seed, _, _)) => {
+            let ct: Box<[u8; KEM_CIPHERTEXT_LEN]> = hex_len(v, "kem_ciphertext");
+            let ss = hazmat::kem_decapsulate(seed, &ct);
+            assert_eq!(*ss, h32(exp, "kem_shared_secret"), "{n}: kem_shared_secret");
+            let a = hazmat::pqxdh_initiate(&alice, &ek_priv, &verified, &ss, &appendix).unwrap();
+            let b = hazmat::pqxdh_respond(
+                &bob,
+                &spk_priv,
+                opk_priv.as_ref(),
+                seed,
+                &ct,
+                &alice.public(),
+                &ek_pub,
+                &appendix,
+            )
+            .unwrap();
+            assert_eq!(b.kem_shared_secret, Some(*ss), "{n}: responder's SS");
+            (a, b)
+        }
+        None => (
+            hazmat::x3dh_initiate(&alice, &ek_priv, &verified, &appendix).unwrap(),
+            hazmat::x3dh_respond(
+                &bob,
+                &spk_priv,
+                opk_priv.as_ref(),
+                &alice.public(),
+                &ek_pub,
+                &appendix,
+            )
+            .unwrap(),
+        ),
+    };
     for (side, out) in [("alice", &a), ("bob", &b)] {
         assert_eq!(
             out.shared_secret,
@@ -334,29 +412,32 @@ fn keys_list(v: &Value, key: &str) -> Vec<[u8; 32]> {
 /// A sent message: header, ciphertext, plaintext.
 type SentMessage = (Vec<u8>, Vec<u8>, Vec<u8>);
 
-fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
+fn check_ratchet(v: &Value, handshakes: &HashMap<(&str, String), Value>) {
     let n = name(v);
     let sk = h32(v, "shared_secret");
     let ad = h(v, "associated_data");
     let spk_priv = h32(v, "bob_signed_prekey_private");
-    if let Some(x) = v.get("x3dh_vector").and_then(Value::as_str) {
-        let x3 = x3dh_by_name
-            .get(x)
-            .unwrap_or_else(|| panic!("{n}: x3dh_vector {x} not found"));
+    let reference = ["x3dh_vector", "pqxdh_vector"]
+        .into_iter()
+        .find_map(|field| v.get(field).and_then(Value::as_str).map(|x| (field, x)));
+    if let Some((field, x)) = reference {
+        let x3 = handshakes
+            .get(&(field, x.to_owned()))
+            .unwrap_or_else(|| panic!("{n}: {field} {x} not found (or it failed)"));
         assert_eq!(
             sk,
             h32(&x3["expected"], "shared_secret"),
-            "{n}: SK differs from x3dh vector {x}"
+            "{n}: SK differs from {field} {x}"
         );
         assert_eq!(
             ad,
             h(&x3["expected"], "associated_data"),
-            "{n}: AD differs from x3dh vector {x}"
+            "{n}: AD differs from {field} {x}"
         );
         assert_eq!(
             spk_priv,
             h32(x3, "bob_signed_prekey_private"),
-            "{n}: SPK differs from x3dh vector {x}"
+            "{n}: SPK differs from {field} {x}"
         );
     }
     let mut alice_rng = ScriptedRng::new(
@@ -480,40 +561,61 @@ fn check_ratchet(v: &Value, x3dh_by_name: &HashMap<String, Value>) {
     }
 }
 
-/// Runs every document in `dir`; returns (x3dh, double_ratchet) vector counts.
-fn run_dir(dir: &Path) -> (usize, usize) {
+/// Vector counts of one directory.
+#[derive(Debug, Default)]
+struct Counts {
+    x3dh: usize,
+    pqxdh: usize,
+    double_ratchet: usize,
+}
+
+/// Runs every document in `dir`: handshakes first (ratchet vectors refer to them by name).
+fn run_dir(dir: &Path) -> Counts {
     let docs = load_documents(dir);
-    let mut x3dh_by_name = HashMap::new();
-    let (mut nx, mut nr) = (0, 0);
+    let mut handshakes = HashMap::new();
+    let mut counts = Counts::default();
     for (path, doc) in &docs {
-        match doc["type"].as_str() {
-            Some("x3dh") => {
+        let pq = doc["profile"].as_str() == Some(PQ_PROFILE);
+        match (pq, doc["type"].as_str()) {
+            (false, Some("x3dh")) | (true, Some("pqxdh")) => {
                 for v in doc["vectors"].as_array().unwrap() {
-                    check_x3dh(v);
-                    x3dh_by_name.insert(name(v), v.clone());
-                    nx += 1;
+                    check_handshake(v, pq);
+                    let field = if pq { "pqxdh_vector" } else { "x3dh_vector" };
+                    if v.get("expect_error").is_none() {
+                        handshakes.insert((field, name(v)), v.clone());
+                    }
+                    if pq {
+                        counts.pqxdh += 1
+                    } else {
+                        counts.x3dh += 1
+                    }
                 }
             }
-            Some("double_ratchet") => {}
-            other => panic!("{}: unknown document type {other:?}", path.display()),
+            (false, Some("double_ratchet")) => {}
+            (_, other) => panic!("{}: unknown document type {other:?}", path.display()),
         }
     }
     for (_, doc) in &docs {
         if doc["type"].as_str() == Some("double_ratchet") {
             for v in doc["vectors"].as_array().unwrap() {
-                check_ratchet(v, &x3dh_by_name);
-                nr += 1;
+                check_ratchet(v, &handshakes);
+                counts.double_ratchet += 1;
             }
         }
     }
-    (nx, nr)
+    counts
 }
 
 #[test]
 fn our_vectors() {
-    let (nx, nr) = run_dir(&our_dir());
-    assert!(nx >= 6, "only {nx} x3dh vectors");
-    assert!(nr >= 6, "only {nr} double_ratchet vectors");
+    let c = run_dir(&our_dir());
+    assert!(c.x3dh >= 6, "only {} x3dh vectors", c.x3dh);
+    assert!(c.pqxdh >= 6, "only {} pqxdh vectors", c.pqxdh);
+    assert!(
+        c.double_ratchet >= 7,
+        "only {} double_ratchet vectors",
+        c.double_ratchet
+    );
 }
 
 #[test]
@@ -532,8 +634,12 @@ fn independent_known_answer_vectors() {
         );
         return;
     }
-    let (nx, nr) = run_dir(&dir);
-    assert!(nx >= 1 && nr >= 1, "no vectors found in {}", dir.display());
+    let c = run_dir(&dir);
+    assert!(
+        c.x3dh >= 1 && c.pqxdh >= 1 && c.double_ratchet >= 1,
+        "vectors missing in {}: {c:?}",
+        dir.display()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -559,6 +665,8 @@ struct X3dhCase {
     one_time: bool,
     appendix: &'static [u8],
     bad_signature: Option<&'static str>,
+    /// PQXDH: the KEM prekey kind (`"one_time"` or `"last_resort"`); `None` for X3DH.
+    kem: Option<&'static str>,
 }
 
 fn gen_x3dh(case: &X3dhCase) -> Value {
@@ -580,6 +688,22 @@ fn gen_x3dh(case: &X3dhCase) -> Value {
         _ => {}
     }
     let opk = case.one_time.then(|| hazmat::x25519_public(&opk_priv));
+    // PQXDH only, drawn after everything above so the X3DH vectors stay byte-identical.
+    let kem = case.kem.map(|kind| {
+        let mut seed = [0u8; 64];
+        rng.fill_bytes(&mut seed);
+        let key = hazmat::kem_public(&seed);
+        let mut kem_sig = hazmat::sign_kem_prekey(&bob, &key);
+        match case.bad_signature {
+            Some("kem_flipped_bit") => kem_sig[40] ^= 0x10,
+            Some("kem_other_identity") => {
+                kem_sig =
+                    hazmat::sign_kem_prekey(&IdentityKeyPair::from_seed(&rand32(&mut rng)), &key)
+            }
+            _ => {}
+        }
+        (kind, seed, key, kem_sig)
+    });
     let mut v = json!({
         "name": case.name,
         "alice_identity_seed": hex::encode(alice_seed),
@@ -595,26 +719,65 @@ fn gen_x3dh(case: &X3dhCase) -> Value {
         "bob_one_time_prekey_public": opk.map_or(Value::Null, |k| json!(hex::encode(k))),
         "associated_data_appendix": hex::encode(case.appendix),
     });
-    if case.bad_signature.is_some() {
-        v["expect_error"] = json!("invalid_signature");
+    if let Some((kind, seed, key, kem_sig)) = &kem {
+        v["bob_kem_prekey_seed"] = json!(hex::encode(seed));
+        v["bob_kem_prekey_public"] = json!(hex::encode(key.as_bytes()));
+        v["bob_kem_prekey_signature"] = json!(hex::encode(kem_sig));
+        v["bob_kem_prekey_kind"] = json!(kind);
+    }
+    if let Some(bad) = case.bad_signature {
+        v["expect_error"] = json!(if bad.starts_with("kem_") {
+            "invalid_kem_signature"
+        } else {
+            "invalid_signature"
+        });
+        if kem.is_some() {
+            v["kem_ciphertext"] = Value::Null;
+        }
         return v;
     }
-    let bundle = PreKeyBundle::new(
+    let mut bundle = PreKeyBundle::new(
         bob.public(),
         SignedPreKeyPublic::new(1, spk, sig, Timestamp(0)),
         opk.map(|k| confidant::OneTimePreKeyPublic::new(2, PublicKey::from_bytes(&k).unwrap())),
-    )
-    .verify()
-    .unwrap();
-    let out = hazmat::x3dh_initiate(&alice, &ek, &bundle, case.appendix).unwrap();
+    );
+    if let Some((_, _, key, kem_sig)) = &kem {
+        bundle = bundle.with_kem_prekey(KemPreKeyPublic::new(3, key.clone(), *kem_sig));
+    }
+    let bundle = bundle.verify().unwrap();
+    let out = match &kem {
+        Some((_, _, key, _)) => {
+            let (ct, ss) = hazmat::kem_encapsulate(&mut rng, key);
+            v["kem_ciphertext"] = json!(hex::encode(ct.as_slice()));
+            let out = hazmat::pqxdh_initiate(&alice, &ek, &bundle, &ss, case.appendix).unwrap();
+            v["expected"] = json!({"kem_shared_secret": hex::encode(*ss)});
+            out
+        }
+        None => {
+            v["expected"] = json!({});
+            hazmat::x3dh_initiate(&alice, &ek, &bundle, case.appendix).unwrap()
+        }
+    };
     let dh = |i: usize| out.dh.get(i).map_or(Value::Null, |d| json!(hex::encode(d)));
-    v["expected"] = json!({
-        "alice_identity_x25519_public": hex::encode(alice.public().x25519()),
-        "bob_identity_x25519_public": hex::encode(bob.public().x25519()),
-        "dh1": dh(0), "dh2": dh(1), "dh3": dh(2), "dh4": dh(3),
-        "shared_secret": hex::encode(out.shared_secret),
-        "associated_data": hex::encode(&out.associated_data),
-    });
+    let expected = v["expected"].as_object_mut().unwrap();
+    for (key, value) in [
+        (
+            "alice_identity_x25519_public",
+            json!(hex::encode(alice.public().x25519())),
+        ),
+        (
+            "bob_identity_x25519_public",
+            json!(hex::encode(bob.public().x25519())),
+        ),
+        ("dh1", dh(0)),
+        ("dh2", dh(1)),
+        ("dh3", dh(2)),
+        ("dh4", dh(3)),
+        ("shared_secret", json!(hex::encode(out.shared_secret))),
+        ("associated_data", json!(hex::encode(&out.associated_data))),
+    ] {
+        expected.insert(key.to_owned(), value);
+    }
     v
 }
 
@@ -635,12 +798,15 @@ fn pt(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
-fn gen_conversation(name: &'static str, steps: &[Step]) -> (Value, Value) {
+/// A scripted conversation after an X3DH handshake, or after a PQXDH one with a one-time KEM
+/// prekey when `pq`; returns the handshake vector and the conversation.
+fn gen_conversation(name: &'static str, steps: &[Step], pq: bool) -> (Value, Value) {
     let x3 = gen_x3dh(&X3dhCase {
         name,
         one_time: true,
         appendix: b"",
         bad_signature: None,
+        kem: pq.then_some("one_time"),
     });
     let sk = h32(&x3["expected"], "shared_secret");
     let ad = h(&x3["expected"], "associated_data");
@@ -748,7 +914,7 @@ fn gen_conversation(name: &'static str, steps: &[Step]) -> (Value, Value) {
                "ns": s.ns, "nr": s.nr, "pn": s.pn})
     };
     let hexes = |v: &[[u8; 32]]| v.iter().map(hex::encode).collect::<Vec<_>>();
-    let conv = json!({
+    let mut conv = json!({
         "name": name,
         "x3dh_vector": name,
         "shared_secret": hex::encode(sk),
@@ -759,6 +925,11 @@ fn gen_conversation(name: &'static str, steps: &[Step]) -> (Value, Value) {
         "events": events,
         "final_state": {"alice": state(&alice), "bob": state(&bob)},
     });
+    if pq {
+        let conv_obj = conv.as_object_mut().unwrap();
+        conv_obj.remove("x3dh_vector");
+        conv_obj.insert("pqxdh_vector".to_owned(), json!(name));
+    }
     (x3, conv)
 }
 
@@ -869,6 +1040,20 @@ fn conversations() -> Vec<(&'static str, Vec<Step>)> {
             ],
         ),
         (
+            "conv-after-pqxdh",
+            vec![
+                Send("alice", "a0", pt("hello bob, post-quantum")),
+                Send("alice", "a1", pt("second initial message")),
+                Recv("bob", "a1"),
+                Recv("bob", "a0"),
+                Send("bob", "b0", pt("hi alice")),
+                Recv("alice", "b0"),
+                Send("alice", "a2", pt("bye")),
+                Recv("bob", "a2"),
+                Dup("bob", "a2"),
+            ],
+        ),
+        (
             "conv-too-many-skipped",
             vec![
                 Send("alice", "a0", pt("first")),
@@ -932,36 +1117,101 @@ const X3DH_CASES: &[X3dhCase] = &[
         one_time: true,
         appendix: b"",
         bad_signature: None,
+        kem: None,
     },
     X3dhCase {
         name: "x3dh-without-one-time-prekey",
         one_time: false,
         appendix: b"",
         bad_signature: None,
+        kem: None,
     },
     X3dhCase {
         name: "x3dh-with-ad-appendix",
         one_time: true,
         appendix: b"alice@example.org|bob@example.org",
         bad_signature: None,
+        kem: None,
     },
     X3dhCase {
         name: "x3dh-with-ad-appendix-without-one-time-prekey",
         one_time: false,
         appendix: b"device 7 -> device 3",
         bad_signature: None,
+        kem: None,
     },
     X3dhCase {
         name: "x3dh-rejects-flipped-signature-bit",
         one_time: true,
         appendix: b"",
         bad_signature: Some("flipped_bit"),
+        kem: None,
     },
     X3dhCase {
         name: "x3dh-rejects-signature-by-other-identity",
         one_time: false,
         appendix: b"",
         bad_signature: Some("other_identity"),
+        kem: None,
+    },
+];
+
+const PQXDH_CASES: &[X3dhCase] = &[
+    X3dhCase {
+        name: "pqxdh-one-time-kem-with-one-time-ec-prekey",
+        one_time: true,
+        appendix: b"",
+        bad_signature: None,
+        kem: Some("one_time"),
+    },
+    X3dhCase {
+        name: "pqxdh-one-time-kem-without-one-time-ec-prekey",
+        one_time: false,
+        appendix: b"",
+        bad_signature: None,
+        kem: Some("one_time"),
+    },
+    X3dhCase {
+        name: "pqxdh-last-resort-kem-with-one-time-ec-prekey",
+        one_time: true,
+        appendix: b"",
+        bad_signature: None,
+        kem: Some("last_resort"),
+    },
+    X3dhCase {
+        name: "pqxdh-last-resort-kem-without-one-time-ec-prekey",
+        one_time: false,
+        appendix: b"",
+        bad_signature: None,
+        kem: Some("last_resort"),
+    },
+    X3dhCase {
+        name: "pqxdh-with-ad-appendix",
+        one_time: true,
+        appendix: b"alice@example.org|bob@example.org",
+        bad_signature: None,
+        kem: Some("one_time"),
+    },
+    X3dhCase {
+        name: "pqxdh-rejects-flipped-spk-signature-bit",
+        one_time: true,
+        appendix: b"",
+        bad_signature: Some("flipped_bit"),
+        kem: Some("one_time"),
+    },
+    X3dhCase {
+        name: "pqxdh-rejects-flipped-kem-signature-bit",
+        one_time: true,
+        appendix: b"",
+        bad_signature: Some("kem_flipped_bit"),
+        kem: Some("one_time"),
+    },
+    X3dhCase {
+        name: "pqxdh-rejects-kem-signature-by-other-identity",
+        one_time: false,
+        appendix: b"",
+        bad_signature: Some("kem_other_identity"),
+        kem: Some("last_resort"),
     },
 ];
 
@@ -969,14 +1219,21 @@ const X3DH_CASES: &[X3dhCase] = &[
 #[ignore = "rewrites the frozen vectors; run on purpose and review the diff"]
 fn regenerate() {
     let mut x3dh: Vec<Value> = X3DH_CASES.iter().map(gen_x3dh).collect();
+    let mut pqxdh: Vec<Value> = PQXDH_CASES.iter().map(gen_x3dh).collect();
     let mut convs = Vec::new();
     for (name, steps) in conversations() {
-        let (x3, conv) = gen_conversation(name, &steps);
-        x3dh.push(x3);
+        let pq = name.ends_with("-after-pqxdh");
+        let (handshake, conv) = gen_conversation(name, &steps, pq);
+        if pq {
+            pqxdh.push(handshake)
+        } else {
+            x3dh.push(handshake)
+        }
         convs.push(conv);
     }
     let write = |file: &str, ty: &str, vectors: Vec<Value>| {
-        let doc = json!({"profile": PROFILE, "type": ty, "vectors": vectors});
+        let profile = if ty == "pqxdh" { PQ_PROFILE } else { PROFILE };
+        let doc = json!({"profile": profile, "type": ty, "vectors": vectors});
         std::fs::write(
             our_dir().join(file),
             serde_json::to_string_pretty(&doc).unwrap() + "\n",
@@ -984,6 +1241,7 @@ fn regenerate() {
         .unwrap();
     };
     write("x3dh.json", "x3dh", x3dh);
+    write("pqxdh.json", "pqxdh", pqxdh);
     write("double_ratchet.json", "double_ratchet", convs);
     run_dir(&our_dir());
 }

@@ -10,8 +10,9 @@
 #![allow(dead_code)]
 
 use confidant::{
-    Accepted, DecodeError, DecryptError, HandshakeError, IdentityKeyPair, Message,
-    OneTimePreKeyPublic, PreKeyBundle, PreKeyMessage, PreKeys, Session, Timestamp, VerifiedBundle,
+    Accepted, DecodeError, DecryptError, HandshakeError, HandshakePolicy, IdentityKeyPair,
+    KemPreKeyPublic, Message, OneTimePreKeyPublic, PreKeyBundle, PreKeyMessage, PreKeys, Session,
+    Timestamp, VerifiedBundle,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -36,8 +37,19 @@ pub(crate) struct Device {
 
 impl Device {
     /// A fresh device holding `one_time` one-time prekeys (ids 1..=one_time); returns their
-    /// public halves too.
+    /// public halves too. Its policy allows classical X3DH, which the suites that predate
+    /// PQXDH exercise; [`Device::new_pq`] is a device with the default (PQXDH-only) policy.
     pub(crate) fn new(rng: &mut ChaCha20Rng, one_time: usize) -> (Self, Vec<OneTimePreKeyPublic>) {
+        let (mut device, otks) = Self::new_pq(rng, one_time);
+        device.prekeys.set_policy(HandshakePolicy::AllowClassical);
+        (device, otks)
+    }
+
+    /// A fresh device with the default policy (PQXDH required).
+    pub(crate) fn new_pq(
+        rng: &mut ChaCha20Rng,
+        one_time: usize,
+    ) -> (Self, Vec<OneTimePreKeyPublic>) {
         let identity = IdentityKeyPair::generate(rng);
         let mut prekeys = PreKeys::new(rng, &identity, NOW);
         let otks = prekeys
@@ -46,14 +58,35 @@ impl Device {
         (Self { identity, prekeys }, otks)
     }
 
-    /// This device's current bundle with an optional one-time prekey, serialised, parsed and
-    /// verified against the expected identity, as an initiator would.
+    /// This device's current classical (X3DH) bundle with an optional one-time prekey,
+    /// serialised, parsed and verified against the expected identity, as an initiator would.
     pub(crate) fn bundle(&self, one_time: Option<OneTimePreKeyPublic>) -> VerifiedBundle {
-        let bundle = PreKeyBundle::new(
+        self.bundle_with(one_time, None)
+    }
+
+    /// A PQXDH bundle with the given KEM prekey (or the current last-resort one).
+    pub(crate) fn pq_bundle(
+        &self,
+        one_time: Option<OneTimePreKeyPublic>,
+        kem: Option<KemPreKeyPublic>,
+    ) -> VerifiedBundle {
+        let kem = kem.unwrap_or_else(|| self.prekeys.last_resort_kem_prekey());
+        self.bundle_with(one_time, Some(kem))
+    }
+
+    fn bundle_with(
+        &self,
+        one_time: Option<OneTimePreKeyPublic>,
+        kem: Option<KemPreKeyPublic>,
+    ) -> VerifiedBundle {
+        let mut bundle = PreKeyBundle::new(
             self.identity.public(),
             self.prekeys.signed_prekey(),
             one_time,
         );
+        if let Some(kem) = kem {
+            bundle = bundle.with_kem_prekey(kem);
+        }
         PreKeyBundle::from_bytes(&bundle.to_bytes())
             .expect("bundle decodes")
             .verify_for(&self.identity.public())
@@ -71,14 +104,32 @@ impl Device {
     }
 }
 
-/// An initiator's identity plus a session to `bob` using `one_time`.
+/// An X3DH session from `alice` to `bob` using `one_time` (classical policy).
 pub(crate) fn initiate(
     rng: &mut ChaCha20Rng,
     alice: &IdentityKeyPair,
     bob: &Device,
     one_time: Option<OneTimePreKeyPublic>,
 ) -> Session {
-    Session::initiate(rng, alice, bob.bundle(one_time)).expect("initiate")
+    Session::initiate_with_policy(
+        rng,
+        alice,
+        bob.bundle(one_time),
+        HandshakePolicy::AllowClassical,
+    )
+    .expect("initiate")
+}
+
+/// A PQXDH session from `alice` to `bob` using `one_time` and `kem` (default: the last-resort
+/// KEM prekey), under the default policy.
+pub(crate) fn initiate_pq(
+    rng: &mut ChaCha20Rng,
+    alice: &IdentityKeyPair,
+    bob: &Device,
+    one_time: Option<OneTimePreKeyPublic>,
+    kem: Option<KemPreKeyPublic>,
+) -> Session {
+    Session::initiate(rng, alice, bob.pq_bundle(one_time, kem)).expect("initiate")
 }
 
 /// Parses wire bytes that must be an initial message.

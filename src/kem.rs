@@ -1,0 +1,121 @@
+//! ML-KEM-1024 (FIPS 203) for PQXDH (PROTOCOL.md §13, PROFILE-pqxdh §1): key validation,
+//! generation from a 64-byte seed, encapsulation and decapsulation with implicit rejection.
+
+use core::fmt;
+
+use ml_kem::array::Array;
+use ml_kem::{Encapsulate, KeyExport, MlKem1024};
+use rand_core::CryptoRng;
+use zeroize::Zeroizing;
+
+use crate::error::KeyError;
+use crate::keys::Hex;
+
+/// Type byte of an encoded ML-KEM-1024 public key, `EncodeKEM` (PROFILE-pqxdh §2).
+pub(crate) const KEM_TYPE: u8 = 0x0A;
+/// Length of an ML-KEM-1024 encapsulation key.
+pub const KEM_PUBLIC_KEY_LEN: usize = 1568;
+/// Length of an ML-KEM-1024 ciphertext.
+pub const KEM_CIPHERTEXT_LEN: usize = 1568;
+/// Length of an ML-KEM-1024 key-generation seed `d || z`.
+pub(crate) const KEM_SEED_LEN: usize = 64;
+
+type EncapsulationKey = ml_kem::EncapsulationKey<MlKem1024>;
+type DecapsulationKey = ml_kem::DecapsulationKey<MlKem1024>;
+
+/// A validated ML-KEM-1024 encapsulation key (1568 bytes; the FIPS 203 modulus check passed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KemPublicKey(Box<[u8; KEM_PUBLIC_KEY_LEN]>);
+
+impl KemPublicKey {
+    /// Parses and validates a raw encapsulation key (no type byte).
+    ///
+    /// # Errors
+    /// [`KeyError::Length`] or [`KeyError::Invalid`] (FIPS 203 encapsulation-key check).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
+        let raw: [u8; KEM_PUBLIC_KEY_LEN] = bytes.try_into().map_err(|_| KeyError::Length)?;
+        EncapsulationKey::new(&Array::from(raw)).map_err(|_| KeyError::Invalid)?;
+        Ok(Self(Box::new(raw)))
+    }
+
+    /// The raw 1568 bytes.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; KEM_PUBLIC_KEY_LEN] {
+        &self.0
+    }
+
+    /// `EncodeKEM(ek) = 0x0A || ek` (1569 bytes), the message a KEM prekey signature covers.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + KEM_PUBLIC_KEY_LEN);
+        out.push(KEM_TYPE);
+        out.extend_from_slice(self.0.as_slice());
+        out
+    }
+
+    /// `(CT, SS) = ML-KEM-1024.Encaps(ek)` with 32 bytes of `rng` as the message `m`.
+    pub(crate) fn encapsulate(
+        &self,
+        rng: &mut (impl CryptoRng + ?Sized),
+    ) -> (Box<[u8; KEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
+        // Validated at construction, so this succeeds; a failure yields an all-zero secret that
+        // the responder cannot match, never a panic.
+        let Ok(ek) = EncapsulationKey::new(&Array::from(*self.0)) else {
+            return (Box::new([0; KEM_CIPHERTEXT_LEN]), Zeroizing::new([0; 32]));
+        };
+        let (ct, ss) = ek.encapsulate_with_rng(rng);
+        (Box::new(ct.into()), Zeroizing::new(ss.into()))
+    }
+}
+
+impl fmt::Debug for KemPublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "KemPublicKey({}…)",
+            Hex(self.0.get(..8).unwrap_or_default())
+        )
+    }
+}
+
+/// An ML-KEM-1024 decapsulation key, held as its 64-byte FIPS 203 seed `d || z`.
+pub(crate) struct KemSecret(Zeroizing<[u8; KEM_SEED_LEN]>);
+
+impl KemSecret {
+    pub(crate) fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        let mut seed = Zeroizing::new([0u8; KEM_SEED_LEN]);
+        rng.fill_bytes(seed.as_mut());
+        Self(seed)
+    }
+
+    pub(crate) fn from_seed(seed: &[u8; KEM_SEED_LEN]) -> Self {
+        Self(Zeroizing::new(*seed))
+    }
+
+    pub(crate) fn seed(&self) -> &[u8; KEM_SEED_LEN] {
+        &self.0
+    }
+
+    fn expand(&self) -> DecapsulationKey {
+        DecapsulationKey::from_seed(Array::from(*self.0))
+    }
+
+    /// `ML-KEM-1024.KeyGen_internal(d, z)`'s encapsulation key.
+    pub(crate) fn public(&self) -> KemPublicKey {
+        let ek: [u8; KEM_PUBLIC_KEY_LEN] = self.expand().encapsulation_key().to_bytes().into();
+        KemPublicKey(Box::new(ek))
+    }
+
+    /// `SS = ML-KEM-1024.Decaps(dk, CT)`, with implicit rejection: a malformed but well-sized
+    /// ciphertext yields a pseudorandom secret, and the handshake fails at the first AEAD.
+    pub(crate) fn decapsulate(&self, ciphertext: &[u8; KEM_CIPHERTEXT_LEN]) -> Zeroizing<[u8; 32]> {
+        use ml_kem::Decapsulate;
+        let ct = Array::from(*ciphertext);
+        Zeroizing::new(self.expand().decapsulate(&ct).into())
+    }
+}
+
+impl fmt::Debug for KemSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KemSecret(<redacted>)")
+    }
+}
