@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use confidant::server::{DeviceKeys, PreKeyUpload};
+use confidant::server::DeviceKeys;
 use confidant::{IdentityKeyPair, Message, PreKeyBundle, PreKeys, Session, Timestamp};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -53,17 +53,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bob_prekeys = PreKeys::new(&mut rng, &bob, now);
     let otks = bob_prekeys.generate_one_time_prekeys(&mut rng, 5)?;
     let kem_otks = bob_prekeys.generate_one_time_kem_prekeys(&mut rng, &bob, 2)?;
-    let upload = PreKeyUpload::new(bob.public(), bob_prekeys.signed_prekey(), otks)
-        .with_last_resort_kem_prekey(bob_prekeys.last_resort_kem_prekey())
-        .with_one_time_kem_prekeys(kem_otks)
-        .to_bytes();
+    // Persist before upload: a crash after uploading but before saving would lose the secrets
+    // of keys the server then hands out.
+    let _persist_first = bob_prekeys.snapshot();
+    let upload = bob_prekeys.upload(&bob, otks, kem_otks).to_bytes();
     server.bob_keys = Some(DeviceKeys::register(&upload)?);
     show(
         "bob",
         "uploads identity + prekeys (5 EC, 2+1 KEM)",
         &format!("{} public bytes", upload.len()),
     );
-    // Bob persists his identity seed and `bob_prekeys.snapshot()`, then goes offline.
+    // Bob goes offline.
 
     // 2. Alice fetches a bundle (the server hands out each one-time prekey once).
     let fetched = server

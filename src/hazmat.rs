@@ -13,6 +13,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::bundle::VerifiedBundle;
 use crate::error::{DecryptError, EncryptError, HandshakeError};
 use crate::kdf::RootKey;
+pub use crate::kem::Encapsulated;
 use crate::kem::{KEM_CIPHERTEXT_LEN, KemPublicKey, KemSecret};
 use crate::keys::{IdentityKey, IdentityKeyPair, PublicKey};
 use crate::ratchet::{self, HEADER_LEN};
@@ -48,17 +49,21 @@ fn output(agreement: &x3dh::Agreement) -> X3dhOutput {
     }
 }
 
-/// X3DH as initiator with an explicit ephemeral secret. A KEM prekey in the bundle is
-/// ignored here (use [`pqxdh_initiate`]).
+/// X3DH as initiator with an explicit ephemeral secret.
 ///
 /// # Errors
-/// [`HandshakeError::Unauthenticated`] if a DH is non-contributory.
+/// [`HandshakeError::PostQuantumRequired`] if the bundle has a KEM prekey (a bundle with one is
+/// only ever used with PQXDH: [`pqxdh_initiate`]); [`HandshakeError::Unauthenticated`] if a DH
+/// is non-contributory.
 pub fn x3dh_initiate(
     identity: &IdentityKeyPair,
     ephemeral_private: &[u8; 32],
     bundle: &VerifiedBundle,
     appendix: &[u8],
 ) -> Result<X3dhOutput, HandshakeError> {
+    if bundle.kem_prekey().is_some() {
+        return Err(HandshakeError::PostQuantumRequired);
+    }
     initiate(identity, ephemeral_private, bundle, None, appendix)
 }
 
@@ -201,12 +206,13 @@ pub fn kem_decapsulate(
     KemSecret::from_seed(seed).decapsulate(ciphertext)
 }
 
-/// `ML-KEM-1024.Encaps` with 32 bytes of `rng`: returns `(CT, SS)`.
+/// `ML-KEM-1024.Encaps` with 32 bytes of `rng`: returns `(CT, SS)` (`None` only for a key
+/// that fails the FIPS 203 check).
 #[must_use]
 pub fn kem_encapsulate(
     rng: &mut (impl CryptoRng + ?Sized),
     key: &KemPublicKey,
-) -> (Box<[u8; KEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
+) -> Option<Encapsulated> {
     key.encapsulate(rng)
 }
 

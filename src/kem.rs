@@ -52,18 +52,29 @@ impl KemPublicKey {
         out
     }
 
-    /// `(CT, SS) = ML-KEM-1024.Encaps(ek)` with 32 bytes of `rng` as the message `m`.
-    pub(crate) fn encapsulate(
-        &self,
-        rng: &mut (impl CryptoRng + ?Sized),
-    ) -> (Box<[u8; KEM_CIPHERTEXT_LEN]>, Zeroizing<[u8; 32]>) {
-        // Validated at construction, so this succeeds; a failure yields an all-zero secret that
-        // the responder cannot match, never a panic.
-        let Ok(ek) = EncapsulationKey::new(&Array::from(*self.0)) else {
-            return (Box::new([0; KEM_CIPHERTEXT_LEN]), Zeroizing::new([0; 32]));
-        };
+    /// `(CT, SS) = ML-KEM-1024.Encaps(ek)` with 32 bytes of `rng` as the message `m`. `None`
+    /// only if the key fails the FIPS 203 check, which construction already ran: fail closed.
+    pub(crate) fn encapsulate(&self, rng: &mut (impl CryptoRng + ?Sized)) -> Option<Encapsulated> {
+        let ek = EncapsulationKey::new(&Array::from(*self.0)).ok()?;
         let (ct, ss) = ek.encapsulate_with_rng(rng);
-        (Box::new(ct.into()), Zeroizing::new(ss.into()))
+        Some(Encapsulated {
+            ciphertext: Box::new(ct.into()),
+            shared_secret: Zeroizing::new(ss.into()),
+        })
+    }
+}
+
+/// The result of an ML-KEM-1024 encapsulation: the ciphertext `CT` and the shared secret `SS`.
+pub struct Encapsulated {
+    /// `CT`, 1568 bytes.
+    pub ciphertext: Box<[u8; KEM_CIPHERTEXT_LEN]>,
+    /// `SS`, 32 bytes.
+    pub shared_secret: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for Encapsulated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encapsulated").finish_non_exhaustive()
     }
 }
 

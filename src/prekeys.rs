@@ -22,6 +22,7 @@ use crate::proto::{
     AcceptedBaseKeyProto, KemPreKeySecretProto, OneTimePreKeySecretProto, PreKeysProto,
     SignedPreKeySecretProto,
 };
+use crate::server::PreKeyUpload;
 use crate::session::{HandshakePolicy, Session};
 use crate::time::Timestamp;
 use crate::wire::PreKeyMessage;
@@ -256,6 +257,10 @@ impl PreKeys {
     /// still accepted until [`PreKeys::prune`] removes it, so delayed initial messages decrypt.
     /// If more than [`MAX_SIGNED_PREKEYS`] would be held, the oldest retired ones are dropped
     /// with their replay records.
+    ///
+    /// **Persist [`PreKeys::snapshot`] before uploading the result**: state restored from an
+    /// older snapshot would issue the same ids again with different keys, and the key server
+    /// would keep serving the lost ones.
     pub fn rotate_signed_prekey(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
@@ -277,6 +282,10 @@ impl PreKeys {
     /// Replaces the current last-resort KEM prekey (PROFILE-pqxdh §6.4), like
     /// [`PreKeys::rotate_signed_prekey`]: the old one stays usable until pruned, and at most
     /// [`MAX_LAST_RESORT_KEM_PREKEYS`] are held. Draws a 64-byte seed from `rng`.
+    ///
+    /// **Persist [`PreKeys::snapshot`] before uploading the result**: state restored from an
+    /// older snapshot would issue the same ids again with different keys, and the key server
+    /// would keep serving the lost ones.
     pub fn rotate_last_resort_kem_prekey(
         &mut self,
         rng: &mut (impl CryptoRng + ?Sized),
@@ -329,6 +338,10 @@ impl PreKeys {
 
     /// Generates `count` one-time prekeys and returns their public halves to upload.
     ///
+    /// **Persist [`PreKeys::snapshot`] before uploading the result**: state restored from an
+    /// older snapshot would issue the same ids again with different keys, and the key server
+    /// would keep serving the lost ones.
+    ///
     /// # Errors
     /// [`PreKeyError::TooMany`] if more than [`MAX_ONE_TIME_PREKEYS`] would be held.
     pub fn generate_one_time_prekeys(
@@ -359,6 +372,10 @@ impl PreKeys {
     /// Generates `count` signed one-time KEM prekeys (64-byte seed each from `rng`) and returns
     /// their public halves to upload (PROFILE-pqxdh §3).
     ///
+    /// **Persist [`PreKeys::snapshot`] before uploading the result**: state restored from an
+    /// older snapshot would issue the same ids again with different keys, and the key server
+    /// would keep serving the lost ones.
+    ///
     /// # Errors
     /// [`PreKeyError::TooMany`] if more than [`MAX_ONE_TIME_KEM_PREKEYS`] would be held.
     pub fn generate_one_time_kem_prekeys(
@@ -383,6 +400,21 @@ impl PreKeys {
             self.one_time_kem.insert(id, secret);
         }
         Ok(out)
+    }
+
+    /// An upload of this device's current signed prekey and last-resort KEM prekey, with the
+    /// given new one-time prekeys (PROTOCOL.md §7.1, §13.6). Always carrying the last-resort KEM
+    /// prekey keeps the device reachable by peers that require PQXDH.
+    #[must_use]
+    pub fn upload(
+        &self,
+        identity: &IdentityKeyPair,
+        one_time_prekeys: Vec<OneTimePreKeyPublic>,
+        one_time_kem_prekeys: Vec<KemPreKeyPublic>,
+    ) -> PreKeyUpload {
+        PreKeyUpload::new(identity.public(), self.signed_prekey(), one_time_prekeys)
+            .with_last_resort_kem_prekey(self.last_resort_kem_prekey())
+            .with_one_time_kem_prekeys(one_time_kem_prekeys)
     }
 
     /// Number of unused one-time prekeys held.

@@ -124,13 +124,16 @@ impl Session {
         let one_time = bundle.one_time_prekey();
         let (kem, kem_shared_secret) = match bundle.kem_prekey() {
             Some(k) => {
-                let (ciphertext, ss) = k.key().encapsulate(rng);
+                let enc = k
+                    .key()
+                    .encapsulate(rng)
+                    .ok_or(HandshakeError::Unauthenticated)?;
                 (
                     Some(KemEncapsulation {
                         prekey_id: k.id(),
-                        ciphertext,
+                        ciphertext: enc.ciphertext,
                     }),
-                    Some(ss),
+                    Some(enc.shared_secret),
                 )
             }
             None => (None, None),

@@ -14,8 +14,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{
-    Device, NOW, PREKEY_V1, RecvError, Routed, Value, bob_receive, encode_proto, flip, header_of,
-    is_prekey, is_ratchet, len_fields, parse_proto, prekey, rng,
+    Device, NOW, PREKEY_V1, RATCHET_V1, RecvError, Routed, Value, bob_receive, encode_proto, flip,
+    header_of, is_prekey, is_ratchet, len_fields, parse_proto, prekey, rng,
 };
 use confidant::hazmat;
 use confidant::limits::{
@@ -335,7 +335,11 @@ fn pqxdh_randomness_is_drawn_exactly_as_documented() {
     let kem_key = bundle.kem_prekey().expect("KEM prekey").key().clone();
     let mut probe = rng.clone();
     let ek = draw32(&mut probe);
-    let (ct, ss) = hazmat::kem_encapsulate(&mut probe, &kem_key);
+    let hazmat::Encapsulated {
+        ciphertext: ct,
+        shared_secret: ss,
+    } = hazmat::kem_encapsulate(&mut probe, &kem_key).expect("valid key");
+    let mut at_dhs = probe.clone();
     let dhs = draw32(&mut probe);
     let mut alice = Session::initiate(&mut rng, &alice_id, bundle).expect("initiate");
     assert!(rng == probe, "initiate draws exactly EK_A, m and DHs");
@@ -345,6 +349,24 @@ fn pqxdh_randomness_is_drawn_exactly_as_documented() {
     assert_eq!(header_of(&wire).0, hazmat::x25519_public(&dhs));
     // Bob's decapsulation with the seed recovers Alice's SS.
     assert_eq!(*hazmat::kem_decapsulate(&seed, &ct), *ss);
+    // The session layer runs exactly the profile: the first message equals the one built from
+    // the vector-checked hazmat derivation (PQXDH SK and AD, then RatchetInitAlice + encrypt).
+    let out = hazmat::pqxdh_initiate(&alice_id, &ek, &bob.pq_bundle(None, None), &ss, &[])
+        .expect("pqxdh");
+    let spk = bob.prekeys.signed_prekey().key().to_bytes();
+    let mut reference =
+        hazmat::Ratchet::init_alice(&mut at_dhs, &out.shared_secret, &out.associated_data, &spk)
+            .expect("ratchet");
+    let first = reference.encrypt(b"hi").expect("encrypt");
+    let expected = [
+        vec![RATCHET_V1],
+        encode_proto(&[
+            (1, Value::Len(first.header.to_vec())),
+            (2, Value::Len(first.ciphertext.clone())),
+        ]),
+    ]
+    .concat();
+    assert_eq!(prekey(&wire).message().to_bytes(), expected);
 
     let mut probe = rng.clone();
     let bob_dhs = draw32(&mut probe);

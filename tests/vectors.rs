@@ -747,7 +747,10 @@ fn gen_x3dh(case: &X3dhCase) -> Value {
     let bundle = bundle.verify().unwrap();
     let out = match &kem {
         Some((_, _, key, _)) => {
-            let (ct, ss) = hazmat::kem_encapsulate(&mut rng, key);
+            let hazmat::Encapsulated {
+                ciphertext: ct,
+                shared_secret: ss,
+            } = hazmat::kem_encapsulate(&mut rng, key).unwrap();
             v["kem_ciphertext"] = json!(hex::encode(ct.as_slice()));
             let out = hazmat::pqxdh_initiate(&alice, &ek, &bundle, &ss, case.appendix).unwrap();
             v["expected"] = json!({"kem_shared_secret": hex::encode(*ss)});
