@@ -17,6 +17,11 @@ pub(crate) const SESSION_SNAPSHOT_V1: u8 = 0x31;
 /// Prekey-secrets snapshot, format version 1.
 pub(crate) const PREKEYS_SNAPSHOT_V1: u8 = 0x32;
 
+/// Signed device list, format version 1.
+pub(crate) const DEVICE_LIST_V1: u8 = 0x41;
+/// Device link request, format version 1.
+pub(crate) const LINK_REQUEST_V1: u8 = 0x42;
+
 /// Checks the size limit and leading byte, then decodes the protobuf body.
 pub(crate) fn decode<M: prost::Message + Default>(
     bytes: &[u8],
@@ -54,6 +59,15 @@ pub(crate) fn decode_counted<M: prost::Message + Default>(
     if first != expected {
         return Err(DecodeError::UnsupportedVersion(first));
     }
+    decode_body(body, repeated)
+}
+
+/// Decodes a protobuf body (no leading byte; the caller bounded its size), enforcing every
+/// [`RepeatedLimit`] first.
+pub(crate) fn decode_body<M: prost::Message + Default>(
+    body: &[u8],
+    repeated: &[RepeatedLimit],
+) -> Result<M, DecodeError> {
     for r in repeated {
         let count = count_field(body, r.path, r.tag)?;
         if count > r.max {

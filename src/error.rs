@@ -259,3 +259,40 @@ pub enum UploadError {
         current: u32,
     },
 }
+
+/// Why a device list or link request was rejected (PROTOCOL.md §14.4). Nothing is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum DeviceListError {
+    /// The bytes could not be decoded.
+    #[error("malformed device list: {0}")]
+    Decode(#[from] DecodeError),
+    /// The list signature or a link signature did not verify.
+    #[error("device list failed authentication")]
+    Unauthenticated,
+    /// The list (or link request) is for another account key or account id.
+    #[error("device list is for another account")]
+    AccountMismatch,
+    /// The version is not greater than the last accepted one.
+    #[error("device list version {version} is not newer than {last}")]
+    Rollback {
+        /// Received version.
+        version: u64,
+        /// Last accepted version.
+        last: u64,
+    },
+    /// A device id appears twice.
+    #[error("duplicate device id {0}")]
+    DuplicateDevice(u32),
+    /// A device identity key appears twice (under the named device id the second time).
+    #[error("duplicate device key (device {0})")]
+    DuplicateDeviceKey(u32),
+    /// More devices than allowed.
+    #[error("{count} devices exceed the limit of {limit}")]
+    TooManyDevices {
+        /// Entries in the list.
+        count: usize,
+        /// [`MAX_DEVICES_PER_ACCOUNT`](crate::limits::MAX_DEVICES_PER_ACCOUNT).
+        limit: usize,
+    },
+}

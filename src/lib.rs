@@ -50,6 +50,7 @@
 mod aead;
 mod bundle;
 mod codec;
+pub mod device;
 mod error;
 pub mod hazmat;
 mod kdf;
@@ -70,8 +71,8 @@ pub use bundle::{
     KemPreKeyPublic, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic, VerifiedBundle,
 };
 pub use error::{
-    BundleError, DecodeError, DecryptError, EncryptError, HandshakeError, KeyError, PreKeyError,
-    RestoreError, UploadError,
+    BundleError, DecodeError, DecryptError, DeviceListError, EncryptError, HandshakeError,
+    KeyError, PreKeyError, RestoreError, UploadError,
 };
 pub use kem::{KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPublicKey};
 pub use keys::{IdentityKey, IdentityKeyPair, PublicKey};

@@ -52,3 +52,9 @@ pub const MIN_CIPHERTEXT: usize = 16;
 /// Largest snapshot accepted by a `restore`: room for a `PreKeys` snapshot with every replay
 /// record full (32 keys × `MAX_ACCEPTED_BASE_KEYS` entries, about 2.9 MB).
 pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
+/// Most devices in one account's device list (PROTOCOL.md §14).
+pub const MAX_DEVICES_PER_ACCOUNT: usize = 16;
+/// Longest account id in a device list.
+pub const MAX_ACCOUNT_ID_BYTES: usize = 256;
+/// Largest encoded signed device list (and link request) accepted by the decoder.
+pub const MAX_DEVICE_LIST_BYTES: usize = 16 * 1024;

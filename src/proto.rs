@@ -287,3 +287,54 @@ impl Drop for OneTimePreKeySecretProto {
         self.private_key.zeroize();
     }
 }
+
+// ---- Device lists (PROTOCOL.md §14) ----------------------------------------------------------
+
+/// Next tag: 5.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeviceEntryProto {
+    #[prost(uint32, tag = "1")]
+    pub device_id: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub device_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub account_signature: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub device_signature: Vec<u8>,
+}
+
+/// The signed body of a device list. Next tag: 6.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeviceListBodyProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub account_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub account_key: Vec<u8>,
+    #[prost(uint64, tag = "3")]
+    pub version: u64,
+    #[prost(uint64, tag = "4")]
+    pub timestamp: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub entries: Vec<DeviceEntryProto>,
+}
+
+/// `0x41 ||` this. The signature covers `"confidant/device-list/v1" || body` (the exact bytes).
+/// Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SignedDeviceListProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub body: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub signature: Vec<u8>,
+}
+
+/// `0x42 ||` this: a new device's link request. Next tag: 4.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinkRequestProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub account_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub device_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub device_signature: Vec<u8>,
+}

@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
+use confidant::device::{DeviceEntry, DeviceList, LinkRequest, VerifiedDeviceList};
 use confidant::hazmat::{self, Ratchet};
 use confidant::{
     DecryptError, IdentityKey, IdentityKeyPair, KEM_CIPHERTEXT_LEN, KemPreKeyPublic, PreKeyBundle,
@@ -1243,10 +1244,188 @@ fn regenerate() {
         )
         .unwrap();
     };
+    regenerate_device_lists();
     write("x3dh.json", "x3dh", x3dh);
     write("pqxdh.json", "pqxdh", pqxdh);
     write("double_ratchet.json", "double_ratchet", convs);
     run_dir(&our_dir());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device lists (PROTOCOL.md §14): profile `confidant-device-list/v1`, type `device_list`.
+
+const DEVICE_LIST_PROFILE: &str = "confidant-device-list/v1";
+
+/// Rebuilds a device-list vector with the public API: every link request and the signed list
+/// must be byte-identical (Ed25519 is deterministic), and the list must verify (or fail with
+/// `expect_error` after the named tampering).
+fn check_device_list(v: &Value) {
+    let n = name(v);
+    let account = IdentityKeyPair::from_seed(&h32(v, "account_seed"));
+    assert_eq!(
+        account.public().to_bytes(),
+        h32(v, "account_public"),
+        "{n}: account_public"
+    );
+    let mut entries = Vec::new();
+    for (i, d) in v["devices"].as_array().unwrap().iter().enumerate() {
+        let device = IdentityKeyPair::from_seed(&h32(d, "device_seed"));
+        let id = u32::try_from(d["device_id"].as_u64().unwrap()).unwrap();
+        let entry = match d.get("link_request") {
+            Some(req) => {
+                let request = LinkRequest::new(&device, &account.public());
+                assert_eq!(
+                    hex::encode(request.to_bytes()),
+                    req.as_str().unwrap(),
+                    "{n}: link_request {i}"
+                );
+                let parsed = LinkRequest::from_bytes(&h(d, "link_request")).unwrap();
+                DeviceEntry::link(&account, &parsed, id).unwrap()
+            }
+            None => DeviceEntry::local(&account, &device, id),
+        };
+        entries.push(entry);
+    }
+    let list = DeviceList {
+        account_id: h(v, "account_id"),
+        version: v["version"].as_u64().unwrap(),
+        timestamp: Timestamp(v["timestamp"].as_u64().unwrap()),
+        entries,
+    };
+    let signed = list.sign(&account).unwrap();
+    assert_eq!(
+        hex::encode(&signed),
+        v["signed_list"].as_str().unwrap(),
+        "{n}: signed_list"
+    );
+    let verified = VerifiedDeviceList::verify(&signed, &account.public(), None).unwrap();
+    assert_eq!(
+        verified.entries().len(),
+        v["devices"].as_array().unwrap().len()
+    );
+    if let Some(t) = v.get("tampered_list") {
+        let err = VerifiedDeviceList::verify(&h(v, "tampered_list"), &account.public(), None)
+            .expect_err("tampered list must not verify");
+        assert_eq!(
+            v["expect_error"].as_str(),
+            Some("unauthenticated"),
+            "{n}: expect_error"
+        );
+        assert_eq!(err, confidant::DeviceListError::Unauthenticated, "{n}: {t}");
+    }
+}
+
+fn device_list_documents(dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "json") {
+            let doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            if doc["profile"].as_str() == Some(DEVICE_LIST_PROFILE) {
+                assert_eq!(
+                    doc["type"].as_str(),
+                    Some("device_list"),
+                    "{}: unknown type",
+                    path.display()
+                );
+                out.push(doc);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn device_list_vectors() {
+    let docs = device_list_documents(&our_dir());
+    let vectors: Vec<&Value> = docs
+        .iter()
+        .flat_map(|d| d["vectors"].as_array().unwrap())
+        .collect();
+    assert!(
+        vectors.len() >= 4,
+        "only {} device_list vectors",
+        vectors.len()
+    );
+    for v in vectors {
+        check_device_list(v);
+    }
+}
+
+fn gen_device_list(name: &str, devices: &[(u32, bool)], version: u64, tamper: bool) -> Value {
+    let mut rng = seeded(name);
+    let account_seed = rand32(&mut rng);
+    let account = IdentityKeyPair::from_seed(&account_seed);
+    let mut devs = Vec::new();
+    let mut entries = Vec::new();
+    for &(id, linked) in devices {
+        let seed = rand32(&mut rng);
+        let device = IdentityKeyPair::from_seed(&seed);
+        let mut d = json!({"device_id": id, "device_seed": hex::encode(seed), "device_public": hex::encode(device.public().to_bytes())});
+        if linked {
+            let request = LinkRequest::new(&device, &account.public());
+            d["link_request"] = json!(hex::encode(request.to_bytes()));
+            entries.push(DeviceEntry::link(&account, &request, id).unwrap());
+        } else {
+            entries.push(DeviceEntry::local(&account, &device, id));
+        }
+        devs.push(d);
+    }
+    let account_id = format!("{name}@example.org").into_bytes();
+    let timestamp = 1_795_000_000_000 + version;
+    let signed = DeviceList {
+        account_id: account_id.clone(),
+        version,
+        timestamp: Timestamp(timestamp),
+        entries,
+    }
+    .sign(&account)
+    .unwrap();
+    let mut v = json!({
+        "name": name,
+        "account_seed": hex::encode(account_seed),
+        "account_public": hex::encode(account.public().to_bytes()),
+        "account_id": hex::encode(&account_id),
+        "version": version,
+        "timestamp": timestamp,
+        "devices": devs,
+        "signed_list": hex::encode(&signed),
+    });
+    if tamper {
+        // Flip one bit inside the signed body (the last device's device signature).
+        let mut t = signed.clone();
+        let n = t.len();
+        t[n - 64 - 20] ^= 0x01;
+        v["tampered_list"] = json!(hex::encode(&t));
+        v["expect_error"] = json!("unauthenticated");
+    }
+    v
+}
+
+fn regenerate_device_lists() {
+    let vectors = vec![
+        gen_device_list("device-list-primary-only", &[(1, false)], 1, false),
+        gen_device_list(
+            "device-list-three-devices",
+            &[(1, false), (2, true), (3, true)],
+            4,
+            false,
+        ),
+        gen_device_list(
+            "device-list-large-ids",
+            &[(1, false), (u32::MAX, true)],
+            1 << 40,
+            false,
+        ),
+        gen_device_list("device-list-tampered", &[(1, false), (2, true)], 2, true),
+    ];
+    let doc = json!({"profile": DEVICE_LIST_PROFILE, "type": "device_list", "vectors": vectors});
+    std::fs::write(
+        our_dir().join("device_list.json"),
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .unwrap();
 }
 
 #[test]
