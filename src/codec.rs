@@ -17,6 +17,8 @@ pub(crate) const SESSION_SNAPSHOT_V1: u8 = 0x31;
 /// Prekey-secrets snapshot, format version 1.
 pub(crate) const PREKEYS_SNAPSHOT_V1: u8 = 0x32;
 
+/// Session book snapshot, format version 1.
+pub(crate) const SESSION_BOOK_V1: u8 = 0x33;
 /// Signed device list, format version 1.
 pub(crate) const DEVICE_LIST_V1: u8 = 0x41;
 /// Device link request, format version 1.

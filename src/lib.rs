@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 
 mod aead;
+pub mod book;
 mod bundle;
 mod codec;
 pub mod device;

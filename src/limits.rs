@@ -58,3 +58,9 @@ pub const MAX_DEVICES_PER_ACCOUNT: usize = 16;
 pub const MAX_ACCOUNT_ID_BYTES: usize = 256;
 /// Largest encoded signed device list (and link request) accepted by the decoder.
 pub const MAX_DEVICE_LIST_BYTES: usize = 16 * 1024;
+/// Earlier sessions kept per remote device (libsignal keeps 40; PROTOCOL.md §15).
+pub const MAX_ARCHIVED_SESSIONS: usize = 40;
+/// Most remote devices in one session book snapshot.
+pub const MAX_BOOK_DEVICES: usize = 10_000;
+/// Largest session book snapshot accepted by `SessionBook::restore` (64 MiB).
+pub const MAX_SESSION_BOOK_BYTES: usize = 64 * 1024 * 1024;

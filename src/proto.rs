@@ -338,3 +338,38 @@ pub struct LinkRequestProto {
     #[prost(bytes = "vec", tag = "3")]
     pub device_signature: Vec<u8>,
 }
+
+// ---- Session book (PROTOCOL.md §15) ----------------------------------------------------------
+
+/// The sessions with one remote device. Next tag: 6.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeviceSessionsProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub account_key: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub device_id: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub device_key: Vec<u8>,
+    /// A session snapshot (`0x31 || SessionProto`).
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub active: Option<Vec<u8>>,
+    /// Session snapshots, most recently active first.
+    #[prost(bytes = "vec", repeated, tag = "5")]
+    pub archive: Vec<Vec<u8>>,
+}
+
+/// `0x33 ||` this. Next tag: 2.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionBookProto {
+    #[prost(message, repeated, tag = "1")]
+    pub devices: Vec<DeviceSessionsProto>,
+}
+
+impl Drop for DeviceSessionsProto {
+    fn drop(&mut self) {
+        self.active.zeroize();
+        for s in &mut self.archive {
+            s.zeroize();
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Sessions per remote device, Sesame-style (PROTOCOL.md §15): for each (account, device) an
+//! active session plus a bounded archive of earlier ones. Receiving tries the active session,
+//! then the archive, and promotes the one that works, so simultaneous initiation converges and
+//! nothing in flight is lost.
+
+use core::fmt;
+use std::collections::{BTreeMap, VecDeque};
+
+use rand_core::CryptoRng;
+use zeroize::Zeroizing;
+
+use crate::codec::{self, RepeatedLimit, SESSION_BOOK_V1};
+use crate::device::VerifiedDeviceList;
+use crate::error::{DecryptError, HandshakeError, RestoreError};
+use crate::keys::{IdentityKey, IdentityKeyPair};
+use crate::limits::{MAX_ARCHIVED_SESSIONS, MAX_BOOK_DEVICES, MAX_SESSION_BOOK_BYTES};
+use crate::prekeys::PreKeys;
+use crate::proto::{DeviceSessionsProto, SessionBookProto};
+use crate::session::Session;
+use crate::wire::Message;
+
+/// A remote device: its account (by account key) and its device id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Address {
+    /// The account key of the device's account (from its verified device list).
+    pub account: IdentityKey,
+    /// The device id within the account.
+    pub device: u32,
+}
+
+/// The sessions with one remote device.
+struct DeviceSessions {
+    /// The device's identity key, from the account's verified device list.
+    device_key: IdentityKey,
+    active: Option<Session>,
+    /// Earlier sessions, most recently active first.
+    archive: VecDeque<Session>,
+}
+
+impl DeviceSessions {
+    /// Makes `session` active; the previous active session goes to the front of the archive.
+    fn activate(&mut self, session: Session) {
+        if let Some(old) = self.active.replace(session) {
+            self.archive.push_front(old);
+            self.archive.truncate(MAX_ARCHIVED_SESSIONS);
+        }
+    }
+}
+
+/// A received and decrypted message.
+pub struct Received {
+    /// The plaintext.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// Whether an initial message created a new session (persist `PreKeys` with the book).
+    pub new_session: bool,
+    /// The one-time prekey consumed by a new session, if any.
+    pub consumed_one_time_prekey: Option<u32>,
+    /// The one-time KEM prekey consumed by a new session, if any.
+    pub consumed_one_time_kem_prekey: Option<u32>,
+}
+
+impl fmt::Debug for Received {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Received")
+            .field("plaintext_len", &self.plaintext.len())
+            .field("new_session", &self.new_session)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why [`SessionBook::receive`] failed. The book and `PreKeys` are unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiveError {
+    /// The sender device is not in any verified device list given to the book.
+    #[error("unknown sender device")]
+    UnknownDevice,
+    /// The initial message's identity key is not the sender device's listed key.
+    #[error("initial message identity does not match the device list")]
+    IdentityMismatch,
+    /// No session could decrypt the message.
+    #[error("decrypt failed: {0}")]
+    Decrypt(#[from] DecryptError),
+    /// Accepting the initial message failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+}
+
+/// All pairwise sessions of this device, keyed by remote device (PROTOCOL.md §15). A value the
+/// caller persists with [`SessionBook::snapshot`].
+#[derive(Default)]
+pub struct SessionBook {
+    devices: BTreeMap<Address, DeviceSessions>,
+}
+
+impl SessionBook {
+    /// An empty book.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies a verified device list of an account (PROTOCOL.md §15.2): devices no longer
+    /// listed (or listed under another key) are dropped with all their sessions; listed devices
+    /// are registered. Returns the listed devices that have no session yet: fetch their bundles.
+    pub fn apply_device_list(&mut self, list: &VerifiedDeviceList) -> Vec<Address> {
+        let account = list.account_key();
+        self.devices
+            .retain(|a, d| a.account != account || list.device_key(a.device) == Some(d.device_key));
+        let mut needs_bundle = Vec::new();
+        for entry in list.entries() {
+            let address = Address {
+                account,
+                device: entry.device_id(),
+            };
+            let record = self
+                .devices
+                .entry(address)
+                .or_insert_with(|| DeviceSessions {
+                    device_key: entry.device_key(),
+                    active: None,
+                    archive: VecDeque::new(),
+                });
+            if record.active.is_none() {
+                needs_bundle.push(address);
+            }
+        }
+        needs_bundle
+    }
+
+    /// Drops every device of `account` (for example when the account key changed and the
+    /// application decided to stop trusting it).
+    pub fn forget_account(&mut self, account: &IdentityKey) {
+        self.devices.retain(|a, _| a.account != *account);
+    }
+
+    /// The listed devices of this book, with whether each has an active session.
+    pub fn devices(&self) -> impl Iterator<Item = (Address, bool)> + '_ {
+        self.devices.iter().map(|(a, d)| (*a, d.active.is_some()))
+    }
+
+    /// Installs a session this device initiated (PROTOCOL.md §15.3): it becomes active and the
+    /// previous active session is archived.
+    ///
+    /// # Errors
+    /// [`ReceiveError::UnknownDevice`] if the device is not listed;
+    /// [`ReceiveError::IdentityMismatch`] if the session is with another identity key.
+    pub fn insert(&mut self, address: Address, session: Session) -> Result<(), ReceiveError> {
+        let record = self
+            .devices
+            .get_mut(&address)
+            .ok_or(ReceiveError::UnknownDevice)?;
+        if session.remote_identity() != record.device_key {
+            return Err(ReceiveError::IdentityMismatch);
+        }
+        record.activate(session);
+        Ok(())
+    }
+
+    /// The active session with a device, to encrypt with. **Persist the book before sending**
+    /// what it returns.
+    pub fn active_mut(&mut self, address: &Address) -> Option<&mut Session> {
+        self.devices.get_mut(address)?.active.as_mut()
+    }
+
+    /// Number of sessions (active and archived) held for a device.
+    #[must_use]
+    pub fn session_count(&self, address: &Address) -> usize {
+        self.devices
+            .get(address)
+            .map_or(0, |d| usize::from(d.active.is_some()) + d.archive.len())
+    }
+
+    /// Receives a message from `sender` (PROTOCOL.md §15.4): the active session, then the
+    /// archive (most recent first), decrypt in turn, and one that succeeds becomes active; an
+    /// initial message no held session owns is accepted with `prekeys` as a new active session.
+    /// Transactional: on error the book and `prekeys` are unchanged.
+    ///
+    /// # Errors
+    /// [`ReceiveError`].
+    pub fn receive(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        prekeys: &mut PreKeys,
+        sender: &Address,
+        message: &Message,
+    ) -> Result<Received, ReceiveError> {
+        let record = self
+            .devices
+            .get_mut(sender)
+            .ok_or(ReceiveError::UnknownDevice)?;
+        if let Message::PreKey(m) = message {
+            if m.identity_key() != record.device_key {
+                return Err(ReceiveError::IdentityMismatch);
+            }
+            let owned = record.active.as_ref().is_some_and(|s| s.owns(m))
+                || record.archive.iter().any(|s| s.owns(m));
+            if !owned {
+                let accepted = prekeys.accept(rng, identity, m)?;
+                record.activate(accepted.session);
+                return Ok(Received {
+                    plaintext: accepted.plaintext,
+                    new_session: true,
+                    consumed_one_time_prekey: accepted.consumed_one_time_prekey,
+                    consumed_one_time_kem_prekey: accepted.consumed_one_time_kem_prekey,
+                });
+            }
+        }
+        let received = |plaintext| Received {
+            plaintext,
+            new_session: false,
+            consumed_one_time_prekey: None,
+            consumed_one_time_kem_prekey: None,
+        };
+        let mut first_error = None;
+        if let Some(active) = record.active.as_mut() {
+            match active.decrypt(rng, message) {
+                Ok(plaintext) => return Ok(received(plaintext)),
+                Err(e) => first_error = Some(e),
+            }
+        }
+        for i in 0..record.archive.len() {
+            let Some(session) = record.archive.get_mut(i) else {
+                break;
+            };
+            if let Ok(plaintext) = session.decrypt(rng, message) {
+                // Promote: the peer is using this session.
+                if let Some(session) = record.archive.remove(i) {
+                    record.activate(session);
+                }
+                return Ok(received(plaintext));
+            }
+        }
+        Err(ReceiveError::Decrypt(
+            first_error.unwrap_or(DecryptError::OtherSession),
+        ))
+    }
+
+    /// A versioned snapshot of every session (PROTOCOL.md §15.5). Store it encrypted at rest.
+    #[must_use]
+    pub fn snapshot(&self) -> Zeroizing<Vec<u8>> {
+        let proto = SessionBookProto {
+            devices: self
+                .devices
+                .iter()
+                .map(|(a, d)| DeviceSessionsProto {
+                    account_key: a.account.to_bytes().to_vec(),
+                    device_id: a.device,
+                    device_key: d.device_key.to_bytes().to_vec(),
+                    active: d.active.as_ref().map(|s| s.snapshot().to_vec()),
+                    archive: d.archive.iter().map(|s| s.snapshot().to_vec()).collect(),
+                })
+                .collect(),
+        };
+        codec::encode_secret(SESSION_BOOK_V1, &proto)
+    }
+
+    /// Restores a snapshot, treating it as untrusted (every session is restored and checked).
+    ///
+    /// # Errors
+    /// [`RestoreError`].
+    pub fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
+        let proto: SessionBookProto = codec::decode_counted(
+            bytes,
+            SESSION_BOOK_V1,
+            MAX_SESSION_BOOK_BYTES,
+            &[RepeatedLimit {
+                path: &[],
+                tag: 1,
+                max: MAX_BOOK_DEVICES,
+                field: "devices",
+            }],
+        )?;
+        let mut devices = BTreeMap::new();
+        for d in &proto.devices {
+            let key =
+                |b: &[u8], f| IdentityKey::from_bytes(b).map_err(|_| RestoreError::Invariant(f));
+            let address = Address {
+                account: key(&d.account_key, "account_key")?,
+                device: d.device_id,
+            };
+            let device_key = key(&d.device_key, "device_key")?;
+            if d.archive.len() > MAX_ARCHIVED_SESSIONS {
+                return Err(RestoreError::Invariant("archived session count"));
+            }
+            let restore_with = |b: &Vec<u8>| -> Result<Session, RestoreError> {
+                let s = Session::restore(b)?;
+                if s.remote_identity() != device_key {
+                    return Err(RestoreError::Invariant(
+                        "session identity differs from the device key",
+                    ));
+                }
+                Ok(s)
+            };
+            let active = d.active.as_ref().map(restore_with).transpose()?;
+            let archive = d
+                .archive
+                .iter()
+                .map(restore_with)
+                .collect::<Result<VecDeque<_>, _>>()?;
+            if active.is_none() && !archive.is_empty() {
+                return Err(RestoreError::Invariant("archive without an active session"));
+            }
+            if devices
+                .insert(
+                    address,
+                    DeviceSessions {
+                        device_key,
+                        active,
+                        archive,
+                    },
+                )
+                .is_some()
+            {
+                return Err(RestoreError::Invariant("duplicate device"));
+            }
+        }
+        Ok(Self { devices })
+    }
+}
+
+impl fmt::Debug for SessionBook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionBook")
+            .field("devices", &self.devices.len())
+            .finish_non_exhaustive()
+    }
+}

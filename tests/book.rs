@@ -1,0 +1,284 @@
+//! Session book (PROTOCOL.md §15): sessions per remote device, archive and promotion,
+//! simultaneous initiation, device-list changes, transactional receive, snapshots.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use confidant::book::{Address, ReceiveError, SessionBook};
+use confidant::device::{DeviceEntry, DeviceList, VerifiedDeviceList};
+use confidant::{IdentityKeyPair, Message, PreKeyBundle, PreKeys, Session, Timestamp};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
+
+const T: Timestamp = Timestamp(1_795_000_000_000);
+
+/// One device of an account: identity, prekeys and its session book.
+struct Dev {
+    address: Address,
+    identity: IdentityKeyPair,
+    prekeys: PreKeys,
+    book: SessionBook,
+}
+
+struct Account {
+    key: IdentityKeyPair,
+    devices: Vec<Dev>,
+    version: u64,
+}
+
+impl Account {
+    fn new(rng: &mut ChaCha20Rng, devices: u32) -> Self {
+        let key = IdentityKeyPair::generate(rng);
+        let devices = (1..=devices)
+            .map(|id| {
+                let identity = IdentityKeyPair::generate(rng);
+                let prekeys = PreKeys::new(rng, &identity, T);
+                Dev {
+                    address: Address {
+                        account: key.public(),
+                        device: id,
+                    },
+                    identity,
+                    prekeys,
+                    book: SessionBook::new(),
+                }
+            })
+            .collect();
+        Self {
+            key,
+            devices,
+            version: 0,
+        }
+    }
+
+    fn list(&mut self) -> VerifiedDeviceList {
+        self.version += 1;
+        let entries = self
+            .devices
+            .iter()
+            .map(|d| DeviceEntry::local(&self.key, &d.identity, d.address.device))
+            .collect();
+        let bytes = DeviceList {
+            account_id: b"acct".to_vec(),
+            version: self.version,
+            timestamp: T,
+            entries,
+        }
+        .sign(&self.key)
+        .unwrap();
+        VerifiedDeviceList::verify(&bytes, &self.key.public(), None).unwrap()
+    }
+}
+
+/// A PQXDH session from `from` to `to` (using `to`'s last-resort KEM prekey), installed in
+/// `from`'s book.
+fn initiate(rng: &mut ChaCha20Rng, from: &mut Dev, to: &Dev) {
+    let bundle = PreKeyBundle::new(to.identity.public(), to.prekeys.signed_prekey(), None)
+        .with_kem_prekey(to.prekeys.last_resort_kem_prekey())
+        .verify()
+        .unwrap();
+    let session = Session::initiate(rng, &from.identity, bundle).unwrap();
+    from.book.insert(to.address, session).unwrap();
+}
+
+fn send(from: &mut Dev, to: &Address, text: &str) -> Message {
+    let wire = from
+        .book
+        .active_mut(to)
+        .expect("active session")
+        .encrypt(text.as_bytes())
+        .unwrap();
+    Message::from_bytes(&wire).unwrap()
+}
+
+fn recv(
+    rng: &mut ChaCha20Rng,
+    at: &mut Dev,
+    from: &Address,
+    m: &Message,
+) -> Result<String, ReceiveError> {
+    at.book
+        .receive(rng, &at.identity, &mut at.prekeys, from, m)
+        .map(|r| String::from_utf8(r.plaintext.to_vec()).unwrap())
+}
+
+fn setup(seed: u64) -> (ChaCha20Rng, Account, Account) {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut a = Account::new(&mut rng, 2);
+    let mut b = Account::new(&mut rng, 1);
+    let (la, lb) = (a.list(), b.list());
+    for d in a.devices.iter_mut().chain(b.devices.iter_mut()) {
+        d.book.apply_device_list(&la);
+        d.book.apply_device_list(&lb);
+    }
+    (rng, a, b)
+}
+
+#[test]
+fn a_conversation_through_books() {
+    let (mut rng, mut a, mut b) = setup(1);
+    let (a1, b1) = (&mut a.devices[0], &mut b.devices[0]);
+    assert_eq!(
+        a1.book.devices().filter(|(_, has)| !has).count(),
+        3,
+        "no sessions yet"
+    );
+    initiate(&mut rng, a1, b1);
+    let m = send(a1, &b1.address, "hi");
+    assert_eq!(recv(&mut rng, b1, &a1.address, &m).unwrap(), "hi");
+    let r = send(b1, &a1.address, "hello");
+    assert_eq!(recv(&mut rng, a1, &b1.address, &r).unwrap(), "hello");
+    assert_eq!(b1.book.session_count(&a1.address), 1);
+}
+
+#[test]
+fn simultaneous_initiation_converges_and_loses_nothing() {
+    let (mut rng, mut a, mut b) = setup(2);
+    let (a1, b1) = (&mut a.devices[0], &mut b.devices[0]);
+    initiate(&mut rng, a1, b1);
+    initiate(&mut rng, b1, a1);
+    let from_a: Vec<Message> = (0..3)
+        .map(|i| send(a1, &b1.address, &format!("a{i}")))
+        .collect();
+    let from_b: Vec<Message> = (0..3)
+        .map(|i| send(b1, &a1.address, &format!("b{i}")))
+        .collect();
+    // Both initial messages cross; each side accepts the other's as a new active session.
+    assert_eq!(recv(&mut rng, b1, &a1.address, &from_a[0]).unwrap(), "a0");
+    assert_eq!(recv(&mut rng, a1, &b1.address, &from_b[0]).unwrap(), "b0");
+    // In-flight messages of both sessions still decrypt (through the archive or the owner).
+    assert_eq!(recv(&mut rng, b1, &a1.address, &from_a[2]).unwrap(), "a2");
+    assert_eq!(recv(&mut rng, a1, &b1.address, &from_b[1]).unwrap(), "b1");
+    // Replies go on whichever session is active; both sides converge within one round trip.
+    for round in 0..3 {
+        let x = send(a1, &b1.address, &format!("x{round}"));
+        assert_eq!(
+            recv(&mut rng, b1, &a1.address, &x).unwrap(),
+            format!("x{round}")
+        );
+        let y = send(b1, &a1.address, &format!("y{round}"));
+        assert_eq!(
+            recv(&mut rng, a1, &b1.address, &y).unwrap(),
+            format!("y{round}")
+        );
+    }
+    assert_eq!(recv(&mut rng, b1, &a1.address, &from_a[1]).unwrap(), "a1");
+    assert_eq!(recv(&mut rng, a1, &b1.address, &from_b[2]).unwrap(), "b2");
+    // Replays of anything are rejected.
+    assert!(recv(&mut rng, b1, &a1.address, &from_a[1]).is_err());
+}
+
+#[test]
+fn a_new_initial_message_replaces_the_active_session() {
+    let (mut rng, mut a, mut b) = setup(3);
+    let (a1, b1) = (&mut a.devices[0], &mut b.devices[0]);
+    initiate(&mut rng, a1, b1);
+    let old = send(a1, &b1.address, "old 1");
+    assert_eq!(recv(&mut rng, b1, &a1.address, &old).unwrap(), "old 1");
+    let late = send(a1, &b1.address, "old 2");
+    // a1 reinstalls (lost state, reinstall...) and starts again.
+    initiate(&mut rng, a1, b1);
+    let new = send(a1, &b1.address, "new");
+    assert_eq!(recv(&mut rng, b1, &a1.address, &new).unwrap(), "new");
+    assert_eq!(b1.book.session_count(&a1.address), 2);
+    // The old session's late message still decrypts from the archive (and is promoted).
+    assert_eq!(recv(&mut rng, b1, &a1.address, &late).unwrap(), "old 2");
+}
+
+#[test]
+fn removed_devices_lose_their_sessions_and_unknown_senders_are_refused() {
+    let (mut rng, mut a, mut b) = setup(4);
+    {
+        let (a2, b1) = (&mut a.devices[1], &mut b.devices[0]);
+        initiate(&mut rng, a2, b1);
+        let m = send(a2, &b1.address, "from the laptop");
+        assert_eq!(
+            recv(&mut rng, b1, &a2.address, &m).unwrap(),
+            "from the laptop"
+        );
+    }
+    // Alice removes her laptop (device 2) and publishes version 2.
+    let laptop = a.devices.remove(1);
+    let list = a.list();
+    let b1 = &mut b.devices[0];
+    let needs_bundle = b1.book.apply_device_list(&list);
+    assert_eq!(
+        needs_bundle,
+        vec![a.devices[0].address],
+        "the phone still needs a session"
+    );
+    assert_eq!(b1.book.session_count(&laptop.address), 0);
+    // Anything the laptop sends now is from an unknown device.
+    let mut laptop = laptop;
+    assert!(laptop.book.active_mut(&b1.address).is_some());
+    let m = send(&mut laptop, &b1.address, "still here?");
+    let before = (b1.book.snapshot(), b1.prekeys.snapshot());
+    assert_eq!(
+        recv(&mut rng, b1, &laptop.address, &m),
+        Err(ReceiveError::UnknownDevice)
+    );
+    assert!((b1.book.snapshot(), b1.prekeys.snapshot()) == before);
+}
+
+#[test]
+fn an_initial_message_must_come_from_the_listed_device_key() {
+    let (mut rng, mut a, mut b) = setup(5);
+    let (a1, a2) = a.devices.split_at_mut(1);
+    let (a1, a2, b1) = (&mut a1[0], &mut a2[0], &mut b.devices[0]);
+    initiate(&mut rng, a2, b1);
+    let m = send(a2, &b1.address, "pretending to be device 1");
+    let before = (b1.book.snapshot(), b1.prekeys.snapshot());
+    assert_eq!(
+        recv(&mut rng, b1, &a1.address, &m),
+        Err(ReceiveError::IdentityMismatch)
+    );
+    assert!((b1.book.snapshot(), b1.prekeys.snapshot()) == before);
+    // A session with the wrong identity cannot be installed either.
+    let bundle = PreKeyBundle::new(b1.identity.public(), b1.prekeys.signed_prekey(), None)
+        .with_kem_prekey(b1.prekeys.last_resort_kem_prekey())
+        .verify()
+        .unwrap();
+    let session = Session::initiate(&mut rng, &a1.identity, bundle).unwrap();
+    assert_eq!(
+        b1.book.insert(a1.address, session),
+        Err(ReceiveError::IdentityMismatch)
+    );
+}
+
+#[test]
+fn failed_receives_change_nothing_and_snapshots_round_trip() {
+    let (mut rng, mut a, mut b) = setup(6);
+    let (a1, b1) = (&mut a.devices[0], &mut b.devices[0]);
+    initiate(&mut rng, a1, b1);
+    let m1 = send(a1, &b1.address, "one");
+    assert_eq!(recv(&mut rng, b1, &a1.address, &m1).unwrap(), "one");
+    let r = send(b1, &a1.address, "two");
+    assert_eq!(recv(&mut rng, a1, &b1.address, &r).unwrap(), "two");
+    // A replay: rejected, nothing changes, no randomness used.
+    let before = (b1.book.snapshot(), b1.prekeys.snapshot(), rng.clone());
+    assert!(matches!(
+        recv(&mut rng, b1, &a1.address, &m1),
+        Err(ReceiveError::Decrypt(_))
+    ));
+    assert!((b1.book.snapshot(), b1.prekeys.snapshot(), rng.clone()) == before);
+    // Restart both books from snapshots and continue.
+    a1.book = SessionBook::restore(&a1.book.snapshot()).unwrap();
+    b1.book = SessionBook::restore(&b1.book.snapshot()).unwrap();
+    assert!(
+        b1.book.snapshot()
+            == SessionBook::restore(&b1.book.snapshot())
+                .unwrap()
+                .snapshot()
+    );
+    let m3 = send(a1, &b1.address, "three");
+    assert_eq!(recv(&mut rng, b1, &a1.address, &m3).unwrap(), "three");
+    // Garbage never restores.
+    assert!(SessionBook::restore(&[0x33, 0x0a, 0x05, 1, 2, 3]).is_err());
+    assert!(SessionBook::restore(&[0x31]).is_err());
+    let reply = send(b1, &a1.address, "four");
+    assert_eq!(recv(&mut rng, a1, &b1.address, &reply).unwrap(), "four");
+}
