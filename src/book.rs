@@ -186,6 +186,20 @@ impl SessionBook {
         sender: &Address,
         message: &Message,
     ) -> Result<Received, ReceiveError> {
+        self.receive_checked(rng, identity, prekeys, sender, message, |_| true)
+    }
+
+    /// As [`SessionBook::receive`], with `check` run on the plaintext before any session or
+    /// prekey state is committed.
+    pub(crate) fn receive_checked(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        prekeys: &mut PreKeys,
+        sender: &Address,
+        message: &Message,
+        check: impl Fn(&[u8]) -> bool,
+    ) -> Result<Received, ReceiveError> {
         let record = self
             .devices
             .get_mut(sender)
@@ -197,7 +211,7 @@ impl SessionBook {
             let owned = record.active.as_ref().is_some_and(|s| s.owns(m))
                 || record.archive.iter().any(|s| s.owns(m));
             if !owned {
-                let accepted = prekeys.accept(rng, identity, m)?;
+                let accepted = prekeys.accept_checked(rng, identity, m, &check)?;
                 record.activate(accepted.session);
                 return Ok(Received {
                     plaintext: accepted.plaintext,
@@ -215,7 +229,7 @@ impl SessionBook {
         };
         let mut first_error = None;
         if let Some(active) = record.active.as_mut() {
-            match active.decrypt(rng, message) {
+            match active.decrypt_checked(rng, message, &check) {
                 Ok(plaintext) => return Ok(received(plaintext)),
                 Err(e) => first_error = Some(e),
             }
@@ -224,7 +238,7 @@ impl SessionBook {
             let Some(session) = record.archive.get_mut(i) else {
                 break;
             };
-            if let Ok(plaintext) = session.decrypt(rng, message) {
+            if let Ok(plaintext) = session.decrypt_checked(rng, message, &check) {
                 // Promote: the peer is using this session.
                 if let Some(session) = record.archive.remove(i) {
                     record.activate(session);

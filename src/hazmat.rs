@@ -374,3 +374,15 @@ impl Ratchet {
         }
     }
 }
+
+/// The fan-out body and key-entry payload `K || D` for an explicit content key (PROTOCOL.md
+/// §16.1), for vectors. Never reuse a content key.
+///
+/// # Errors
+/// [`EncryptError::TooLarge`] beyond GCM's limits.
+pub fn fanout_seal(
+    key: &[u8; 32],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), EncryptError> {
+    crate::fanout::seal_body(key, plaintext)
+}

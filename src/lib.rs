@@ -53,6 +53,7 @@ mod bundle;
 mod codec;
 pub mod device;
 mod error;
+pub mod fanout;
 pub mod hazmat;
 mod kdf;
 mod kem;

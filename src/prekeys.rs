@@ -468,6 +468,18 @@ impl PreKeys {
         identity: &IdentityKeyPair,
         message: &PreKeyMessage,
     ) -> Result<Accepted, HandshakeError> {
+        self.accept_checked(rng, identity, message, |_| true)
+    }
+
+    /// As [`PreKeys::accept`], with `check` run on the first plaintext before anything is
+    /// committed (a rejection is `Unauthenticated`, nothing changes).
+    pub(crate) fn accept_checked(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        message: &PreKeyMessage,
+        check: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<Accepted, HandshakeError> {
         if !self.policy.allows(message.handshake()) {
             return Err(HandshakeError::PostQuantumRequired);
         }
@@ -528,7 +540,7 @@ impl PreKeys {
             _ => None,
         };
         let (session, plaintext) =
-            Session::respond(rng, identity, signed, one_time, kem_secret, message)?;
+            Session::respond(rng, identity, signed, one_time, kem_secret, message, check)?;
         // Commit.
         let consumed = message.one_time_prekey_id();
         if let Some(id) = consumed {

@@ -187,12 +187,37 @@ impl Ratchet {
         header_bytes: &[u8],
         ciphertext: &[u8],
     ) -> Result<Decrypted, DecryptError> {
+        self.decrypt_checked(rng, header_bytes, ciphertext, |_| true)
+    }
+
+    /// As [`Ratchet::decrypt`], and `check` must also accept the plaintext before anything is
+    /// committed: a rejected plaintext is [`DecryptError::Unauthenticated`] with the state
+    /// unchanged (used to bind a fan-out key entry to its body, PROTOCOL.md §16).
+    pub(crate) fn decrypt_checked(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        header_bytes: &[u8],
+        ciphertext: &[u8],
+        check: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<Decrypted, DecryptError> {
         let header = Header::from_bytes(header_bytes)?;
+        let open = |key: &MessageKey, aad: &[u8]| {
+            aead::open(&key.aead_key(), aad, ciphertext).ok_or(DecryptError::Unauthenticated)
+        };
+        // Each path below opens exactly once, so `check` runs at most once.
+        let mut check = Some(check);
+        let mut accept = |plaintext: Zeroizing<Vec<u8>>| {
+            let ok = check.take().is_some_and(|check| check(&plaintext));
+            if ok {
+                Ok(plaintext)
+            } else {
+                Err(DecryptError::Unauthenticated)
+            }
+        };
 
         // TrySkippedMessageKeys, first, as in the spec (an O(log n) lookup).
         if let Some(key) = self.skipped.get(&header.dh, header.n) {
-            let plaintext = aead::open(&key.aead_key(), &self.aad(header_bytes), ciphertext)
-                .ok_or(DecryptError::Unauthenticated)?;
+            let plaintext = accept(open(key, &self.aad(header_bytes))?)?;
             let message_key = self
                 .skipped
                 .remove(&header.dh, header.n)
@@ -210,9 +235,7 @@ impl Ratchet {
             check_skip(self.nr, header.n)?;
             let ckr = self.ckr.as_ref().ok_or(DecryptError::Unauthenticated)?;
             let (skipped, message_key, next_ck) = derive_until(ckr, self.nr, header.n);
-            let plaintext =
-                aead::open(&message_key.aead_key(), &self.aad(header_bytes), ciphertext)
-                    .ok_or(DecryptError::Unauthenticated)?;
+            let plaintext = accept(open(&message_key, &self.aad(header_bytes))?)?;
             // Commit.
             self.store_skipped(header.dh, skipped);
             self.ckr = Some(next_ck);
@@ -231,8 +254,7 @@ impl Ratchet {
             keys::dh(&self.dhs.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;
         let (root_mid, ckr_new) = self.root.step(&dh_recv);
         let (skipped, message_key, next_ck) = derive_until(&ckr_new, 0, header.n);
-        let plaintext = aead::open(&message_key.aead_key(), &self.aad(header_bytes), ciphertext)
-            .ok_or(DecryptError::Unauthenticated)?;
+        let plaintext = accept(open(&message_key, &self.aad(header_bytes))?)?;
         // Authenticated: now draw the new sending key pair (second half of DHRatchet).
         let dhs_new = RatchetKeyPair::generate(rng);
         let dh_send = keys::dh(&dhs_new.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;

@@ -181,6 +181,7 @@ impl Session {
         one_time_prekey: Option<&StaticSecret>,
         kem_prekey: Option<&KemSecret>,
         message: &PreKeyMessage,
+        check: impl FnOnce(&[u8]) -> bool,
     ) -> Result<(Self, Zeroizing<Vec<u8>>), HandshakeError> {
         let kem_shared_secret = match (kem_prekey, &message.kem) {
             (Some(secret), Some(kem)) => Some(secret.decapsulate(&kem.ciphertext)),
@@ -206,7 +207,7 @@ impl Session {
         );
         let inner = &message.message;
         let decrypted = ratchet
-            .decrypt(rng, &inner.header, &inner.ciphertext)
+            .decrypt_checked(rng, &inner.header, &inner.ciphertext, check)
             .map_err(|e| match e {
                 DecryptError::Unauthenticated => HandshakeError::Unauthenticated,
                 other => HandshakeError::FirstMessage(other),
@@ -264,6 +265,16 @@ impl Session {
         rng: &mut (impl CryptoRng + ?Sized),
         message: &Message,
     ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+        self.decrypt_checked(rng, message, |_| true)
+    }
+
+    /// As [`Session::decrypt`], with `check` run on the plaintext before anything is committed.
+    pub(crate) fn decrypt_checked(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        message: &Message,
+        check: impl FnOnce(&[u8]) -> bool,
+    ) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
         let inner = match message {
             Message::Ratchet(m) => m,
             Message::PreKey(m) => {
@@ -275,7 +286,7 @@ impl Session {
         };
         let out = self
             .ratchet
-            .decrypt(rng, &inner.header, &inner.ciphertext)?;
+            .decrypt_checked(rng, &inner.header, &inner.ciphertext, check)?;
         // A reply proves the responder has the session: stop sending the initial data.
         if self.role == Role::Initiator {
             self.pending = None;

@@ -282,3 +282,128 @@ fn failed_receives_change_nothing_and_snapshots_round_trip() {
     let reply = send(b1, &a1.address, "four");
     assert_eq!(recv(&mut rng, a1, &b1.address, &reply).unwrap(), "four");
 }
+
+/// Establishes sessions from `from` to every other device of both accounts (one round trip
+/// each, so later messages are plain ratchet messages).
+fn establish_all(rng: &mut ChaCha20Rng, a: &mut Account, b: &mut Account, from: usize) {
+    let mut targets: Vec<Dev> = a.devices.drain(..).collect();
+    let mut others: Vec<Dev> = b.devices.drain(..).collect();
+    let mut me = targets.remove(from);
+    for to in targets.iter_mut().chain(others.iter_mut()) {
+        initiate(rng, &mut me, to);
+        let m = send(&mut me, &to.address, "setup");
+        assert_eq!(recv(rng, to, &me.address, &m).unwrap(), "setup");
+        let r = send(to, &me.address, "ack");
+        assert_eq!(recv(rng, &mut me, &to.address, &r).unwrap(), "ack");
+    }
+    targets.insert(from, me);
+    a.devices = targets;
+    b.devices = others;
+}
+
+#[test]
+fn fan_out_reaches_every_device_once_with_one_body() {
+    let (mut rng, mut a, mut b) = setup(7);
+    establish_all(&mut rng, &mut a, &mut b, 0);
+    let (accounts, sender) = ([a.key.public(), b.key.public()], a.devices[0].address);
+    let text = vec![0x5Au8; 1024];
+    let out = a.devices[0]
+        .book
+        .fan_out(&mut rng, &accounts, &sender, &text)
+        .unwrap();
+    assert!(out.needs_bundle.is_empty());
+    let mut reached: Vec<u32> = Vec::new();
+    for (address, entry) in &out.entries {
+        // Established sessions: at most 120 bytes per device beyond the shared body. Exactly
+        // 109: leading byte 1 + header field 42 + ciphertext field 2 + (48-byte K || D + 16 tag).
+        assert_eq!(entry.len(), 109, "entry of {} bytes", entry.len());
+        let dev = a
+            .devices
+            .iter_mut()
+            .chain(b.devices.iter_mut())
+            .find(|d| d.address == *address)
+            .unwrap();
+        let m = Message::from_bytes(entry).unwrap();
+        // A wrong body (flipped bit) is refused before anything is committed.
+        let mut wrong = out.body.clone();
+        wrong[10] ^= 1;
+        let before = (dev.book.snapshot(), dev.prekeys.snapshot());
+        assert!(matches!(
+            dev.book.receive_fan_out(
+                &mut rng,
+                &dev.identity,
+                &mut dev.prekeys,
+                &sender,
+                &m,
+                &wrong
+            ),
+            Err(ReceiveError::Decrypt(
+                confidant::DecryptError::Unauthenticated
+            ))
+        ));
+        assert!((dev.book.snapshot(), dev.prekeys.snapshot()) == before);
+        let got = dev
+            .book
+            .receive_fan_out(
+                &mut rng,
+                &dev.identity,
+                &mut dev.prekeys,
+                &sender,
+                &m,
+                &out.body,
+            )
+            .unwrap();
+        assert_eq!(&got.plaintext[..], &text[..]);
+        // Exactly once.
+        assert!(
+            dev.book
+                .receive_fan_out(
+                    &mut rng,
+                    &dev.identity,
+                    &mut dev.prekeys,
+                    &sender,
+                    &m,
+                    &out.body
+                )
+                .is_err()
+        );
+        reached.push(
+            address.device
+                + if address.account == a.key.public() {
+                    100
+                } else {
+                    200
+                },
+        );
+    }
+    reached.sort_unstable();
+    assert_eq!(
+        reached,
+        vec![102, 201],
+        "the sender's laptop and Bob's phone, not the sender"
+    );
+}
+
+#[test]
+fn fan_out_reports_devices_without_sessions_and_skips_removed_ones() {
+    let (mut rng, mut a, mut b) = setup(8);
+    let (accounts, sender) = ([a.key.public(), b.key.public()], a.devices[0].address);
+    let out = a.devices[0]
+        .book
+        .fan_out(&mut rng, &accounts, &sender, b"hello")
+        .unwrap();
+    assert!(out.entries.is_empty());
+    assert_eq!(
+        out.needs_bundle,
+        vec![a.devices[1].address, b.devices[0].address]
+    );
+    // After Bob's account drops its only device, only Alice's laptop remains a target.
+    b.devices.clear();
+    let empty = b.list();
+    a.devices[0].book.apply_device_list(&empty);
+    let out = a.devices[0]
+        .book
+        .fan_out(&mut rng, &accounts, &sender, b"hello")
+        .unwrap();
+    assert_eq!(out.needs_bundle, vec![a.devices[1].address]);
+}

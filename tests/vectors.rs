@@ -1245,6 +1245,7 @@ fn regenerate() {
         .unwrap();
     };
     regenerate_device_lists();
+    regenerate_fanout();
     write("x3dh.json", "x3dh", x3dh);
     write("pqxdh.json", "pqxdh", pqxdh);
     write("double_ratchet.json", "double_ratchet", convs);
@@ -1423,6 +1424,100 @@ fn regenerate_device_lists() {
     let doc = json!({"profile": DEVICE_LIST_PROFILE, "type": "device_list", "vectors": vectors});
     std::fs::write(
         our_dir().join("device_list.json"),
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fan-out bodies (PROTOCOL.md §16): profile `confidant-fanout/v1`, type `fanout_body`.
+
+const FANOUT_PROFILE: &str = "confidant-fanout/v1";
+
+fn documents_of(profile: &str, ty: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(our_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "json") {
+            let doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            if doc["profile"].as_str() == Some(profile) {
+                assert_eq!(
+                    doc["type"].as_str(),
+                    Some(ty),
+                    "{}: unknown type",
+                    path.display()
+                );
+                out.extend(doc["vectors"].as_array().unwrap().iter().cloned());
+            }
+        }
+    }
+    out
+}
+
+/// Each vector: `content_key`, `plaintext` → `body` (0x51 || AES-256-GCM(K, 0^12,
+/// "confidant/fanout/v1", plaintext)), `digest` (SHA-256("confidant/fanout/v1/digest" ||
+/// body)[0..16]) and `key_payload` (K || digest), all re-derived byte for byte.
+#[test]
+fn fanout_body_vectors() {
+    let vectors = documents_of(FANOUT_PROFILE, "fanout_body");
+    assert!(
+        vectors.len() >= 3,
+        "only {} fanout_body vectors",
+        vectors.len()
+    );
+    for v in &vectors {
+        let n = name(v);
+        let (body, payload) =
+            hazmat::fanout_seal(&h32(v, "content_key"), &h(v, "plaintext")).unwrap();
+        assert_eq!(hex::encode(&body), v["body"].as_str().unwrap(), "{n}: body");
+        assert_eq!(
+            hex::encode(&payload[..]),
+            v["key_payload"].as_str().unwrap(),
+            "{n}: key_payload"
+        );
+        assert_eq!(
+            hex::encode(&payload[32..]),
+            v["digest"].as_str().unwrap(),
+            "{n}: digest"
+        );
+        let mut ctx = b"confidant/fanout/v1/digest".to_vec();
+        ctx.extend_from_slice(&body);
+        let full = sha2_digest(&ctx);
+        assert_eq!(
+            &full[..16],
+            &payload[32..],
+            "{n}: digest is SHA-256(context || body)[0..16]"
+        );
+    }
+}
+
+fn sha2_digest(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+fn regenerate_fanout() {
+    let vectors: Vec<Value> = [
+        ("fanout-empty", 0usize),
+        ("fanout-one-byte", 1),
+        ("fanout-1kib", 1024),
+    ]
+    .iter()
+    .map(|(name, len)| {
+        let mut rng = seeded(name);
+        let key = rand32(&mut rng);
+        let mut plaintext = vec![0u8; *len];
+        rng.fill_bytes(&mut plaintext);
+        let (body, payload) = hazmat::fanout_seal(&key, &plaintext).unwrap();
+        json!({"name": name, "content_key": hex::encode(key), "plaintext": hex::encode(&plaintext),
+                   "body": hex::encode(&body), "digest": hex::encode(&payload[32..]),
+                   "key_payload": hex::encode(&payload[..])})
+    })
+    .collect();
+    let doc = json!({"profile": FANOUT_PROFILE, "type": "fanout_body", "vectors": vectors});
+    std::fs::write(
+        our_dir().join("fanout.json"),
         serde_json::to_string_pretty(&doc).unwrap() + "\n",
     )
     .unwrap();

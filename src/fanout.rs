@@ -1,0 +1,201 @@
+//! Encrypt-once fan-out to every device of the recipients and the sender's other devices
+//! (PROTOCOL.md §16): the payload is sealed once under a fresh content key, and only the key,
+//! bound to a digest of the sealed body, goes through each device's pairwise session.
+
+use core::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+use aes_gcm::{Aes256Gcm, Key};
+use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::book::{Address, ReceiveError, Received, SessionBook};
+use crate::error::{DecodeError, DecryptError, EncryptError};
+use crate::keys::{IdentityKey, IdentityKeyPair};
+use crate::limits::{MAX_MESSAGE_BYTES, MAX_PLAINTEXT};
+use crate::prekeys::PreKeys;
+use crate::wire::Message;
+
+/// Leading byte of a fan-out body, format version 1.
+const FANOUT_BODY_V1: u8 = 0x51;
+/// Associated data of the body's AEAD (PROTOCOL.md §16.1).
+const BODY_AAD: &[u8] = b"confidant/fanout/v1";
+/// Domain separation of the body digest (PROTOCOL.md §16.1).
+const DIGEST_CONTEXT: &[u8] = b"confidant/fanout/v1/digest";
+/// Length of the body digest carried in each key entry.
+pub const FANOUT_DIGEST_LEN: usize = 16;
+/// Length of a key entry's pairwise plaintext: content key `K` (32) `||` digest `D` (16).
+pub const FANOUT_KEY_PAYLOAD_LEN: usize = 32 + FANOUT_DIGEST_LEN;
+
+/// `D = SHA-256(DIGEST_CONTEXT || body)[0..16]`.
+fn digest(body: &[u8]) -> [u8; FANOUT_DIGEST_LEN] {
+    let full = Sha256::new()
+        .chain_update(DIGEST_CONTEXT)
+        .chain_update(body)
+        .finalize();
+    let mut out = [0u8; FANOUT_DIGEST_LEN];
+    out.copy_from_slice(
+        full.get(..FANOUT_DIGEST_LEN)
+            .unwrap_or(&[0; FANOUT_DIGEST_LEN]),
+    );
+    out
+}
+
+/// Seals `plaintext` under the content key `key`: returns the body
+/// `0x51 || AES-256-GCM(key, 0^12, BODY_AAD, plaintext)` and the key-entry payload `key || D`
+/// (PROTOCOL.md §16.1). The key must be fresh for every body (the nonce is fixed).
+pub(crate) fn seal_body(
+    key: &[u8; 32],
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), EncryptError> {
+    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
+    let sealed = cipher
+        .encrypt(
+            &Nonce::<Aes256Gcm>::from([0u8; 12]),
+            Payload {
+                msg: plaintext,
+                aad: BODY_AAD,
+            },
+        )
+        .map_err(|_| EncryptError::TooLarge {
+            len: plaintext.len(),
+            limit: MAX_PLAINTEXT,
+        })?;
+    let mut body = Vec::with_capacity(1 + sealed.len());
+    body.push(FANOUT_BODY_V1);
+    body.extend_from_slice(&sealed);
+    let mut payload = Zeroizing::new(Vec::with_capacity(FANOUT_KEY_PAYLOAD_LEN));
+    payload.extend_from_slice(key);
+    payload.extend_from_slice(&digest(&body));
+    Ok((body, payload))
+}
+
+/// One fan-out: the shared body, one small pairwise message per device with a session, and
+/// the devices that need a bundle first.
+pub struct FanOut {
+    /// The sealed payload, identical for every device (`0x51 || AES-256-GCM ciphertext`).
+    pub body: Vec<u8>,
+    /// One entry per device with an active session: a pairwise message carrying `K || D`.
+    pub entries: Vec<(Address, Vec<u8>)>,
+    /// Listed devices without a usable session: fetch their bundles, `insert` the sessions and
+    /// fan out again to them (the same body may be reused only by sending it again).
+    pub needs_bundle: Vec<Address>,
+}
+
+impl fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FanOut")
+            .field("body_len", &self.body.len())
+            .field("entries", &self.entries.len())
+            .field("needs_bundle", &self.needs_bundle)
+            .finish()
+    }
+}
+
+impl SessionBook {
+    /// Encrypts `plaintext` once for every registered device of `accounts` (the recipients'
+    /// account keys and, for the sender's other devices, its own) except `sender` itself
+    /// (PROTOCOL.md §16.2). Devices are known to the book only from verified device lists, so
+    /// no other device is ever encrypted to. Draws the 32-byte content key from `rng`.
+    ///
+    /// **Persist the book before sending** the entries.
+    ///
+    /// # Errors
+    /// [`EncryptError::TooLarge`] for an oversized plaintext (nothing changed). A device whose
+    /// session cannot send (exhausted chain) is listed in `needs_bundle` instead.
+    pub fn fan_out(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        accounts: &[IdentityKey],
+        sender: &Address,
+        plaintext: &[u8],
+    ) -> Result<FanOut, EncryptError> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(EncryptError::TooLarge {
+                len: plaintext.len(),
+                limit: MAX_PLAINTEXT,
+            });
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(key.as_mut());
+        let (body, payload) = seal_body(&key, plaintext)?;
+
+        let targets: Vec<Address> = self
+            .devices()
+            .map(|(a, _)| a)
+            .filter(|a| accounts.contains(&a.account) && a != sender)
+            .collect();
+        let mut entries = Vec::with_capacity(targets.len());
+        let mut needs_bundle = Vec::new();
+        for address in targets {
+            match self.active_mut(&address).map(|s| s.encrypt(&payload)) {
+                Some(Ok(message)) => entries.push((address, message)),
+                _ => needs_bundle.push(address),
+            }
+        }
+        Ok(FanOut {
+            body,
+            entries,
+            needs_bundle,
+        })
+    }
+
+    /// Receives a fan-out: decrypts the key entry from `sender` (as [`SessionBook::receive`])
+    /// and the shared `body` (PROTOCOL.md §16.3). The entry's digest must match the body
+    /// **before** the session or `prekeys` commit, so a wrong body changes nothing
+    /// (`ReceiveError::Decrypt(DecryptError::Unauthenticated)`).
+    ///
+    /// # Errors
+    /// [`ReceiveError`].
+    pub fn receive_fan_out(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        prekeys: &mut PreKeys,
+        sender: &Address,
+        entry: &Message,
+        body: &[u8],
+    ) -> Result<Received, ReceiveError> {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(ReceiveError::Decrypt(DecryptError::Malformed(
+                DecodeError::TooLarge {
+                    len: body.len(),
+                    limit: MAX_MESSAGE_BYTES,
+                },
+            )));
+        }
+        let expected = digest(body);
+        let check = |payload: &[u8]| {
+            payload.len() == FANOUT_KEY_PAYLOAD_LEN
+                && payload
+                    .get(32..)
+                    .is_some_and(|d| bool::from(d.ct_eq(&expected)))
+        };
+        let mut received = self.receive_checked(rng, identity, prekeys, sender, entry, check)?;
+        // Authenticated and bound to this body: open it with the content key.
+        let key: [u8; 32] = received
+            .plaintext
+            .get(..32)
+            .and_then(|k| k.try_into().ok())
+            .ok_or(ReceiveError::Decrypt(DecryptError::Unauthenticated))?;
+        let key = Zeroizing::new(key);
+        let sealed = match body.split_first() {
+            Some((&FANOUT_BODY_V1, sealed)) => sealed,
+            _ => return Err(ReceiveError::Decrypt(DecryptError::Unauthenticated)),
+        };
+        let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
+        let plaintext = cipher
+            .decrypt(
+                &Nonce::<Aes256Gcm>::from([0u8; 12]),
+                Payload {
+                    msg: sealed,
+                    aad: BODY_AAD,
+                },
+            )
+            .map_err(|_| ReceiveError::Decrypt(DecryptError::Unauthenticated))?;
+        received.plaintext = Zeroizing::new(plaintext);
+        Ok(received)
+    }
+}
