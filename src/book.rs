@@ -100,7 +100,9 @@ impl SessionBook {
         Self::default()
     }
 
-    /// Applies a verified device list of an account (PROTOCOL.md §15.2): devices no longer
+    /// Applies a verified device list of an account (PROTOCOL.md §15.2). Verify it with
+    /// [`VerifiedDeviceList::verify`] against the last accepted list of that account, which
+    /// rejects rollbacks; the book applies what it is given. Devices no longer
     /// listed (or listed under another key) are dropped with all their sessions; listed devices
     /// are registered. Returns the listed devices that have no session yet: fetch their bundles.
     pub fn apply_device_list(&mut self, list: &VerifiedDeviceList) -> Vec<Address> {
