@@ -81,7 +81,9 @@ pub enum ReceiveError {
     /// No session could decrypt the message.
     #[error("decrypt failed: {0}")]
     Decrypt(#[from] DecryptError),
-    /// Accepting the initial message failed.
+    /// Accepting the initial message failed for a reason other than authentication (unknown
+    /// or replayed prekeys, policy, limits). Authentication failures are always
+    /// `Decrypt(DecryptError::Unauthenticated)`.
     #[error("handshake failed: {0}")]
     Handshake(#[from] HandshakeError),
 }
@@ -206,29 +208,51 @@ impl SessionBook {
             .devices
             .get_mut(sender)
             .ok_or(ReceiveError::UnknownDevice)?;
-        if let Message::PreKey(m) = message {
-            if m.identity_key() != record.device_key {
-                return Err(ReceiveError::IdentityMismatch);
-            }
-            let owned = record.active.as_ref().is_some_and(|s| s.owns(m))
-                || record.archive.iter().any(|s| s.owns(m));
-            if !owned {
-                let accepted = prekeys.accept_checked(rng, identity, m, &check)?;
-                record.activate(accepted.session);
-                return Ok(Received {
-                    plaintext: accepted.plaintext,
-                    new_session: true,
-                    consumed_one_time_prekey: accepted.consumed_one_time_prekey,
-                    consumed_one_time_kem_prekey: accepted.consumed_one_time_kem_prekey,
-                });
-            }
-        }
         let received = |plaintext| Received {
             plaintext,
             new_session: false,
             consumed_one_time_prekey: None,
             consumed_one_time_kem_prekey: None,
         };
+        if let Message::PreKey(m) = message {
+            if m.identity_key() != record.device_key {
+                return Err(ReceiveError::IdentityMismatch);
+            }
+            // The session that owns an initial message is the only one that can decrypt it.
+            if record.active.as_ref().is_some_and(|s| s.owns(m)) {
+                let active = record.active.as_mut().ok_or(ReceiveError::UnknownDevice)?;
+                return Ok(received(active.decrypt_checked(rng, message, &check)?));
+            }
+            if let Some(i) = record.archive.iter().position(|s| s.owns(m)) {
+                let session = record
+                    .archive
+                    .get_mut(i)
+                    .ok_or(ReceiveError::UnknownDevice)?;
+                let plaintext = session.decrypt_checked(rng, message, &check)?;
+                if let Some(session) = record.archive.remove(i) {
+                    record.activate(session);
+                }
+                return Ok(received(plaintext));
+            }
+            // A new session. Every authentication failure is reported as one variant.
+            let accepted =
+                prekeys
+                    .accept_checked(rng, identity, m, &check)
+                    .map_err(|e| match e {
+                        HandshakeError::Unauthenticated => {
+                            ReceiveError::Decrypt(DecryptError::Unauthenticated)
+                        }
+                        other => ReceiveError::Handshake(other),
+                    })?;
+            record.activate(accepted.session);
+            return Ok(Received {
+                plaintext: accepted.plaintext,
+                new_session: true,
+                consumed_one_time_prekey: accepted.consumed_one_time_prekey,
+                consumed_one_time_kem_prekey: accepted.consumed_one_time_kem_prekey,
+            });
+        }
+        // A ratchet message: the active session, then the archive, most recent first.
         let mut first_error = None;
         if let Some(active) = record.active.as_mut() {
             match active.decrypt_checked(rng, message, &check) {

@@ -79,9 +79,11 @@ pub struct FanOut {
     pub body: Vec<u8>,
     /// One entry per device with an active session: a pairwise message carrying `K || D`.
     pub entries: Vec<(Address, Vec<u8>)>,
-    /// Listed devices without a usable session: fetch their bundles, `insert` the sessions and
-    /// fan out again to them (the same body may be reused only by sending it again).
+    /// Listed devices without a usable session: fetch their bundles, `insert` the sessions,
+    /// then call [`SessionBook::complete_fan_out`] to add their entries for the same body.
     pub needs_bundle: Vec<Address>,
+    /// `K || D`, kept to complete the fan-out; wiped on drop.
+    payload: Zeroizing<Vec<u8>>,
 }
 
 impl fmt::Debug for FanOut {
@@ -127,19 +129,32 @@ impl SessionBook {
             .map(|(a, _)| a)
             .filter(|a| accounts.contains(&a.account) && a != sender)
             .collect();
-        let mut entries = Vec::with_capacity(targets.len());
-        let mut needs_bundle = Vec::new();
-        for address in targets {
-            match self.active_mut(&address).map(|s| s.encrypt(&payload)) {
-                Some(Ok(message)) => entries.push((address, message)),
-                _ => needs_bundle.push(address),
+        let mut out = FanOut {
+            body,
+            entries: Vec::with_capacity(targets.len()),
+            needs_bundle: targets,
+            payload,
+        };
+        self.complete_fan_out(&mut out);
+        Ok(out)
+    }
+
+    /// Encrypts the key entry of `fan_out` for every device in its `needs_bundle` that now has
+    /// an active session (after the caller fetched bundles and `insert`ed sessions), moving it
+    /// to `entries`; the body stays the same. Devices still without a session stay listed.
+    ///
+    /// **Persist the book before sending** the new entries.
+    pub fn complete_fan_out(&mut self, fan_out: &mut FanOut) {
+        let pending = core::mem::take(&mut fan_out.needs_bundle);
+        for address in pending {
+            match self
+                .active_mut(&address)
+                .map(|s| s.encrypt(&fan_out.payload))
+            {
+                Some(Ok(message)) => fan_out.entries.push((address, message)),
+                _ => fan_out.needs_bundle.push(address),
             }
         }
-        Ok(FanOut {
-            body,
-            entries,
-            needs_bundle,
-        })
     }
 
     /// Receives a fan-out: decrypts the key entry from `sender` (as [`SessionBook::receive`])

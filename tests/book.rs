@@ -407,3 +407,55 @@ fn fan_out_reports_devices_without_sessions_and_skips_removed_ones() {
         .unwrap();
     assert_eq!(out.needs_bundle, vec![a.devices[1].address]);
 }
+
+#[test]
+fn a_fan_out_is_completed_for_new_sessions_with_the_same_body() {
+    let (mut rng, mut a, mut b) = setup(9);
+    let (accounts, sender) = ([a.key.public(), b.key.public()], a.devices[0].address);
+    let (mine, rest) = a.devices.split_at_mut(1);
+    let (a1, a2, b1) = (&mut mine[0], &mut rest[0], &mut b.devices[0]);
+    let mut out = a1
+        .book
+        .fan_out(&mut rng, &accounts, &sender, b"to everyone")
+        .unwrap();
+    assert!(out.entries.is_empty());
+    assert_eq!(out.needs_bundle, vec![a2.address, b1.address]);
+    // The sender fetches a bundle for Bob's phone only, then completes the fan-out.
+    initiate(&mut rng, a1, b1);
+    a1.book.complete_fan_out(&mut out);
+    assert_eq!(out.needs_bundle, vec![a2.address]);
+    assert_eq!(out.entries.len(), 1);
+    let (to, entry) = &out.entries[0];
+    assert_eq!(*to, b1.address);
+    let m = Message::from_bytes(entry).unwrap();
+    let got = b1
+        .book
+        .receive_fan_out(
+            &mut rng,
+            &b1.identity,
+            &mut b1.prekeys,
+            &sender,
+            &m,
+            &out.body,
+        )
+        .unwrap();
+    assert!(got.new_session);
+    assert_eq!(&got.plaintext[..], b"to everyone");
+    // Then the laptop, with the same body.
+    initiate(&mut rng, a1, a2);
+    a1.book.complete_fan_out(&mut out);
+    assert!(out.needs_bundle.is_empty());
+    let m = Message::from_bytes(&out.entries[1].1).unwrap();
+    let got = a2
+        .book
+        .receive_fan_out(
+            &mut rng,
+            &a2.identity,
+            &mut a2.prekeys,
+            &sender,
+            &m,
+            &out.body,
+        )
+        .unwrap();
+    assert_eq!(&got.plaintext[..], b"to everyone");
+}
