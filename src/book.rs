@@ -11,11 +11,11 @@ use zeroize::Zeroizing;
 
 use crate::codec::{self, RepeatedLimit, SESSION_BOOK_V1};
 use crate::device::VerifiedDeviceList;
-use crate::error::{DecryptError, HandshakeError, RestoreError};
+use crate::error::{DecryptError, DeviceListError, HandshakeError, RestoreError};
 use crate::keys::{IdentityKey, IdentityKeyPair};
 use crate::limits::{MAX_ARCHIVED_SESSIONS, MAX_BOOK_DEVICES, MAX_SESSION_BOOK_BYTES};
 use crate::prekeys::PreKeys;
-use crate::proto::{DeviceSessionsProto, SessionBookProto};
+use crate::proto::{AccountVersionProto, DeviceSessionsProto, SessionBookProto};
 use crate::session::Session;
 use crate::wire::Message;
 
@@ -93,6 +93,8 @@ pub enum ReceiveError {
 #[derive(Default)]
 pub struct SessionBook {
     devices: BTreeMap<Address, DeviceSessions>,
+    /// The device-list version last applied per account.
+    versions: BTreeMap<IdentityKey, u64>,
 }
 
 impl SessionBook {
@@ -102,40 +104,61 @@ impl SessionBook {
         Self::default()
     }
 
-    /// Applies a verified device list of an account (PROTOCOL.md §15.2). Verify it with
-    /// [`VerifiedDeviceList::verify`] against the last accepted list of that account, which
-    /// rejects rollbacks; the book applies what it is given. Devices no longer
-    /// listed (or listed under another key) are dropped with all their sessions; listed devices
-    /// are registered. Returns the listed devices that have no session yet: fetch their bundles.
-    pub fn apply_device_list(&mut self, list: &VerifiedDeviceList) -> Vec<Address> {
+    /// Applies a verified device list of an account (PROTOCOL.md §15.2). The book remembers the
+    /// version it last applied per account and refuses an older one (`Rollback`), so a replayed
+    /// list cannot bring back a removed device even if the caller verified it without its
+    /// predecessor; the same version again changes nothing. Devices no longer listed (or listed
+    /// under another key) are dropped with all their sessions; listed devices are registered.
+    /// Returns the listed devices that have no session yet: fetch their bundles.
+    ///
+    /// # Errors
+    /// [`DeviceListError::Rollback`]; the book is unchanged.
+    pub fn apply_device_list(
+        &mut self,
+        list: &VerifiedDeviceList,
+    ) -> Result<Vec<Address>, DeviceListError> {
         let account = list.account_key();
-        self.devices
-            .retain(|a, d| a.account != account || list.device_key(a.device) == Some(d.device_key));
-        let mut needs_bundle = Vec::new();
-        for entry in list.entries() {
-            let address = Address {
-                account,
-                device: entry.device_id(),
-            };
-            let record = self
-                .devices
-                .entry(address)
-                .or_insert_with(|| DeviceSessions {
-                    device_key: entry.device_key(),
-                    active: None,
-                    archive: VecDeque::new(),
+        match self.versions.get(&account) {
+            Some(&last) if list.version() < last => {
+                return Err(DeviceListError::Rollback {
+                    version: list.version(),
+                    last,
                 });
-            if record.active.is_none() {
-                needs_bundle.push(address);
+            }
+            Some(&last) if list.version() == last => {}
+            _ => {
+                self.devices.retain(|a, d| {
+                    a.account != account || list.device_key(a.device) == Some(d.device_key)
+                });
+                for entry in list.entries() {
+                    let address = Address {
+                        account,
+                        device: entry.device_id(),
+                    };
+                    self.devices
+                        .entry(address)
+                        .or_insert_with(|| DeviceSessions {
+                            device_key: entry.device_key(),
+                            active: None,
+                            archive: VecDeque::new(),
+                        });
+                }
+                self.versions.insert(account, list.version());
             }
         }
-        needs_bundle
+        Ok(self
+            .devices
+            .iter()
+            .filter(|(a, d)| a.account == account && d.active.is_none())
+            .map(|(a, _)| *a)
+            .collect())
     }
 
     /// Drops every device of `account` (for example when the account key changed and the
     /// application decided to stop trusting it).
     pub fn forget_account(&mut self, account: &IdentityKey) {
         self.devices.retain(|a, _| a.account != *account);
+        self.versions.remove(account);
     }
 
     /// The listed devices of this book, with whether each has an active session.
@@ -292,6 +315,14 @@ impl SessionBook {
                     archive: d.archive.iter().map(|s| s.snapshot().to_vec()).collect(),
                 })
                 .collect(),
+            versions: self
+                .versions
+                .iter()
+                .map(|(account, version)| AccountVersionProto {
+                    account_key: account.to_bytes().to_vec(),
+                    version: *version,
+                })
+                .collect(),
         };
         codec::encode_secret(SESSION_BOOK_V1, &proto)
     }
@@ -356,7 +387,15 @@ impl SessionBook {
                 return Err(RestoreError::Invariant("duplicate device"));
             }
         }
-        Ok(Self { devices })
+        let mut versions = BTreeMap::new();
+        for v in &proto.versions {
+            let account = IdentityKey::from_bytes(&v.account_key)
+                .map_err(|_| RestoreError::Invariant("account_key"))?;
+            if versions.insert(account, v.version).is_some() {
+                return Err(RestoreError::Invariant("duplicate account version"));
+            }
+        }
+        Ok(Self { devices, versions })
     }
 }
 

@@ -2,6 +2,7 @@
 //! (PROTOCOL.md §16): the payload is sealed once under a fresh content key, and only the key,
 //! bound to a digest of the sealed body, goes through each device's pairwise session.
 
+use core::cell::RefCell;
 use core::fmt;
 
 use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
@@ -70,6 +71,25 @@ pub(crate) fn seal_body(
     payload.extend_from_slice(key);
     payload.extend_from_slice(&digest(&body));
     Ok((body, payload))
+}
+
+/// Opens a body with its content key; `None` on a wrong leading byte or AEAD failure.
+fn open_body(key: &[u8; 32], body: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let sealed = match body.split_first() {
+        Some((&FANOUT_BODY_V1, sealed)) => sealed,
+        _ => return None,
+    };
+    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
+    cipher
+        .decrypt(
+            &Nonce::<Aes256Gcm>::from([0u8; 12]),
+            Payload {
+                msg: sealed,
+                aad: BODY_AAD,
+            },
+        )
+        .ok()
+        .map(Zeroizing::new)
 }
 
 /// One fan-out: the shared body, one small pairwise message per device with a session, and
@@ -158,9 +178,9 @@ impl SessionBook {
     }
 
     /// Receives a fan-out: decrypts the key entry from `sender` (as [`SessionBook::receive`])
-    /// and the shared `body` (PROTOCOL.md §16.3). The entry's digest must match the body
-    /// **before** the session or `prekeys` commit, so a wrong body changes nothing
-    /// (`ReceiveError::Decrypt(DecryptError::Unauthenticated)`).
+    /// and the shared `body` (PROTOCOL.md §16.3). The entry's digest must match the body and
+    /// the body must decrypt **before** the session or `prekeys` commit, so a wrong or corrupt
+    /// body changes nothing (`ReceiveError::Decrypt(DecryptError::Unauthenticated)`).
     ///
     /// # Errors
     /// [`ReceiveError`].
@@ -182,35 +202,34 @@ impl SessionBook {
             )));
         }
         let expected = digest(body);
+        // The whole check — digest and body decryption — runs before anything is committed;
+        // the opened body is kept aside and returned on success.
+        let opened: RefCell<Option<Zeroizing<Vec<u8>>>> = RefCell::new(None);
         let check = |payload: &[u8]| {
-            payload.len() == FANOUT_KEY_PAYLOAD_LEN
+            let bound = payload.len() == FANOUT_KEY_PAYLOAD_LEN
                 && payload
                     .get(32..)
-                    .is_some_and(|d| bool::from(d.ct_eq(&expected)))
+                    .is_some_and(|d| bool::from(d.ct_eq(&expected)));
+            let key = payload
+                .get(..32)
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .map(Zeroizing::new);
+            match (bound, key) {
+                (true, Some(key)) => match open_body(&key, body) {
+                    Some(plaintext) => {
+                        *opened.borrow_mut() = Some(plaintext);
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            }
         };
         let mut received = self.receive_checked(rng, identity, prekeys, sender, entry, check)?;
-        // Authenticated and bound to this body: open it with the content key.
-        let key: [u8; 32] = received
-            .plaintext
-            .get(..32)
-            .and_then(|k| k.try_into().ok())
+        let plaintext = opened
+            .into_inner()
             .ok_or(ReceiveError::Decrypt(DecryptError::Unauthenticated))?;
-        let key = Zeroizing::new(key);
-        let sealed = match body.split_first() {
-            Some((&FANOUT_BODY_V1, sealed)) => sealed,
-            _ => return Err(ReceiveError::Decrypt(DecryptError::Unauthenticated)),
-        };
-        let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
-        let plaintext = cipher
-            .decrypt(
-                &Nonce::<Aes256Gcm>::from([0u8; 12]),
-                Payload {
-                    msg: sealed,
-                    aad: BODY_AAD,
-                },
-            )
-            .map_err(|_| ReceiveError::Decrypt(DecryptError::Unauthenticated))?;
-        received.plaintext = Zeroizing::new(plaintext);
+        received.plaintext = plaintext;
         Ok(received)
     }
 }

@@ -358,11 +358,22 @@ pub struct DeviceSessionsProto {
     pub archive: Vec<Vec<u8>>,
 }
 
-/// `0x33 ||` this. Next tag: 2.
+/// The device-list version a book last applied for an account. Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AccountVersionProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub account_key: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+}
+
+/// `0x33 ||` this. Next tag: 3.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SessionBookProto {
     #[prost(message, repeated, tag = "1")]
     pub devices: Vec<DeviceSessionsProto>,
+    #[prost(message, repeated, tag = "2")]
+    pub versions: Vec<AccountVersionProto>,
 }
 
 impl Drop for DeviceSessionsProto {

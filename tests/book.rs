@@ -112,8 +112,8 @@ fn setup(seed: u64) -> (ChaCha20Rng, Account, Account) {
     let mut b = Account::new(&mut rng, 1);
     let (la, lb) = (a.list(), b.list());
     for d in a.devices.iter_mut().chain(b.devices.iter_mut()) {
-        d.book.apply_device_list(&la);
-        d.book.apply_device_list(&lb);
+        d.book.apply_device_list(&la).unwrap();
+        d.book.apply_device_list(&lb).unwrap();
     }
     (rng, a, b)
 }
@@ -205,7 +205,7 @@ fn removed_devices_lose_their_sessions_and_unknown_senders_are_refused() {
     let laptop = a.devices.remove(1);
     let list = a.list();
     let b1 = &mut b.devices[0];
-    let needs_bundle = b1.book.apply_device_list(&list);
+    let needs_bundle = b1.book.apply_device_list(&list).unwrap();
     assert_eq!(
         needs_bundle,
         vec![a.devices[0].address],
@@ -400,7 +400,7 @@ fn fan_out_reports_devices_without_sessions_and_skips_removed_ones() {
     // After Bob's account drops its only device, only Alice's laptop remains a target.
     b.devices.clear();
     let empty = b.list();
-    a.devices[0].book.apply_device_list(&empty);
+    a.devices[0].book.apply_device_list(&empty).unwrap();
     let out = a.devices[0]
         .book
         .fan_out(&mut rng, &accounts, &sender, b"hello")
@@ -458,4 +458,29 @@ fn a_fan_out_is_completed_for_new_sessions_with_the_same_body() {
         )
         .unwrap();
     assert_eq!(&got.plaintext[..], b"to everyone");
+}
+
+#[test]
+fn the_book_refuses_an_older_device_list() {
+    let (_rng, mut a, mut b) = setup(10);
+    let old = a.list(); // version 2
+    let laptop = a.devices.remove(1);
+    let newer = a.list(); // version 3, without the laptop
+    let b1 = &mut b.devices[0];
+    b1.book.apply_device_list(&newer).unwrap();
+    let before = b1.book.snapshot();
+    assert_eq!(
+        b1.book.apply_device_list(&old),
+        Err(confidant::DeviceListError::Rollback {
+            version: 2,
+            last: 3
+        })
+    );
+    assert!(b1.book.snapshot() == before);
+    // The same version again changes nothing; the laptop stays unknown, also after a restore.
+    b1.book.apply_device_list(&newer).unwrap();
+    assert!(b1.book.snapshot() == before);
+    b1.book = SessionBook::restore(&b1.book.snapshot()).unwrap();
+    assert!(b1.book.apply_device_list(&old).is_err());
+    assert!(b1.book.devices().all(|(addr, _)| addr != laptop.address));
 }

@@ -343,10 +343,15 @@ impl Dev {
     }
 
     fn apply(&mut self, list: &VerifiedDeviceList) -> Vec<Address> {
-        let needs = self.book.apply_device_list(list);
+        let needs = self
+            .book
+            .apply_device_list(list)
+            .expect("a newer or the same list");
         if let Some(s) = self.shadow.as_mut() {
             assert_eq!(
-                s.book.apply_device_list(list),
+                s.book
+                    .apply_device_list(list)
+                    .expect("a newer or the same list"),
                 needs,
                 "restored device applied a list differently"
             );
@@ -1398,8 +1403,8 @@ fn wrong_body_of_an_initial_entry_is_decrypt_unauthenticated() {
     let (alice_list, bob_list) = (list(&alice_account, &alice), list(&bob_account, &bob));
     let (mut alice_book, mut bob_book) = (SessionBook::new(), SessionBook::new());
     for book in [&mut alice_book, &mut bob_book] {
-        book.apply_device_list(&alice_list);
-        book.apply_device_list(&bob_list);
+        book.apply_device_list(&alice_list).unwrap();
+        book.apply_device_list(&bob_list).unwrap();
     }
     let (alice_address, bob_address) = (
         Address {
@@ -1473,8 +1478,8 @@ fn wrong_body_of_an_archived_sessions_entry_is_decrypt_unauthenticated() {
     let (alice_list, bob_list) = (list(&alice_account, &alice), list(&bob_account, &bob));
     let (mut alice_book, mut bob_book) = (SessionBook::new(), SessionBook::new());
     for book in [&mut alice_book, &mut bob_book] {
-        book.apply_device_list(&alice_list);
-        book.apply_device_list(&bob_list);
+        book.apply_device_list(&alice_list).unwrap();
+        book.apply_device_list(&bob_list).unwrap();
     }
     let alice_address = Address {
         account: alice_account.public(),
