@@ -12,7 +12,7 @@
 mod common;
 
 use common::{
-    Device, NOW, PREKEY_V1, RecvError, Routed, Value, bob_receive, encode_proto, is_prekey,
+    Device, NOW, PREKEY_V1, RecvError, Routed, Value, accept, bob_receive, encode_proto, is_prekey,
     is_ratchet, len_fields, parse_proto, prekey, rng,
 };
 use confidant::hazmat::{self, Ratchet};
@@ -30,27 +30,7 @@ use confidant::{
     Session, SignedPreKeyPublic, Timestamp, UploadError,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
 use rand_chacha::ChaCha20Rng;
-
-/// Accepts wire bytes at `bob`, checking that a failure changes neither `PreKeys` nor the RNG.
-fn accept(
-    rng: &mut ChaCha20Rng,
-    bob: &mut Device,
-    wire: &[u8],
-) -> Result<confidant::Accepted, HandshakeError> {
-    let before = bob.prekeys.snapshot();
-    let rng_before = rng.clone();
-    let result = bob.accept_wire(rng, wire);
-    if result.is_err() {
-        assert!(
-            bob.prekeys.snapshot() == before,
-            "failed accept changed PreKeys"
-        );
-        assert!(*rng == rng_before, "failed accept used randomness");
-    }
-    result
-}
 
 /// Decrypts at `s`, checking that a failure changes neither the session nor the RNG.
 fn decrypt(
@@ -2122,16 +2102,8 @@ fn prekeys_snapshot_invariants_are_checked() {
     }
 }
 
-fn config(cases: u32) -> Config {
-    let mut config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    if matches!(config.rng_seed, RngSeed::Random) {
-        config.rng_seed = RngSeed::Fixed(0x5EED_F10F);
-    }
-    config
+fn config(cases: u32) -> proptest::test_runner::Config {
+    common::proptest_config(cases, 0x5EED_F10F)
 }
 
 proptest! {

@@ -14,8 +14,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{
-    Device, NOW, PREKEY_V1, RATCHET_V1, RecvError, Routed, Value, bob_receive, encode_proto, flip,
-    header_of, is_prekey, is_ratchet, len_fields, parse_proto, prekey, rng,
+    Device, NOW, PREKEY_V1, RATCHET_V1, RecvError, Routed, Value, accept, bob_receive,
+    encode_proto, flip, header_of, is_prekey, is_ratchet, len_fields, parse_proto, prekey, rng,
 };
 use confidant::hazmat;
 use confidant::limits::{
@@ -25,32 +25,13 @@ use confidant::limits::{
 };
 use confidant::server::{DeviceKeys, PreKeyUpload};
 use confidant::{
-    Accepted, BundleError, DecodeError, DecryptError, Handshake, HandshakeError, HandshakePolicy,
+    BundleError, DecodeError, DecryptError, Handshake, HandshakeError, HandshakePolicy,
     IdentityKeyPair, KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPreKeyPublic, Message,
     OneTimePreKeyPublic, PreKeyBundle, PreKeys, Pruned, Session, Timestamp, UploadError,
 };
 use rand_chacha::ChaCha20Rng;
 
 type Fields = Vec<(u32, Value)>;
-
-/// Accepts wire bytes at `bob`, checking that a failure changes neither `PreKeys` nor the RNG.
-fn accept(
-    rng: &mut ChaCha20Rng,
-    bob: &mut Device,
-    wire: &[u8],
-) -> Result<Accepted, HandshakeError> {
-    let before = bob.prekeys.snapshot();
-    let rng_before = rng.clone();
-    let result = bob.accept_wire(rng, wire);
-    if result.is_err() {
-        assert!(
-            bob.prekeys.snapshot() == before,
-            "failed accept changed PreKeys"
-        );
-        assert!(*rng == rng_before, "failed accept used randomness");
-    }
-    result
-}
 
 /// The protobuf fields of an initial message's wire bytes.
 fn fields_of(wire: &[u8]) -> Fields {

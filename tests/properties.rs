@@ -30,21 +30,11 @@ use confidant::limits::{MAX_SKIP, MAX_STORED_SKIPPED};
 use confidant::{DecryptError, Handshake, HandshakeError, IdentityKeyPair, PreKeys, Session};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, RngSeed, TestCaseError};
+use proptest::test_runner::{Config, TestCaseError};
 use rand_chacha::ChaCha20Rng;
 
-/// Deterministic proptest configuration: a fixed seed unless `PROPTEST_RNG_SEED` is set, no
-/// failure-persistence files, no output on success.
 fn config(cases: u32) -> Config {
-    let mut config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    if matches!(config.rng_seed, RngSeed::Random) {
-        config.rng_seed = RngSeed::Fixed(0x00C0_FFEE_D00D_F00D);
-    }
-    config
+    common::proptest_config(cases, 0x00C0_FFEE_D00D_F00D)
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -387,3 +387,37 @@ pub(crate) fn prekey_with_inner(wire: &[u8], header: &[u8], ciphertext: &[u8]) -
     out.extend(encode_proto(&replaced));
     out
 }
+
+/// Accepts wire bytes at `bob`, checking that a failure changes neither `PreKeys` nor the RNG.
+pub(crate) fn accept(
+    rng: &mut ChaCha20Rng,
+    bob: &mut Device,
+    wire: &[u8],
+) -> Result<Accepted, HandshakeError> {
+    let before = bob.prekeys.snapshot();
+    let rng_before = rng.clone();
+    let result = bob.accept_wire(rng, wire);
+    if result.is_err() {
+        assert!(
+            bob.prekeys.snapshot() == before,
+            "failed accept changed PreKeys"
+        );
+        assert!(*rng == rng_before, "failed accept used randomness");
+    }
+    result
+}
+
+/// Deterministic proptest configuration: a fixed seed unless `PROPTEST_RNG_SEED` is set, no
+/// failure-persistence files, no output on success.
+pub(crate) fn proptest_config(cases: u32, seed: u64) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let mut config = Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    if matches!(config.rng_seed, RngSeed::Random) {
+        config.rng_seed = RngSeed::Fixed(seed);
+    }
+    config
+}
