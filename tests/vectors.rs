@@ -1316,40 +1316,15 @@ fn check_device_list(v: &Value) {
     }
 }
 
-fn device_list_documents(dir: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|x| x == "json") {
-            let doc: Value =
-                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-            if doc["profile"].as_str() == Some(DEVICE_LIST_PROFILE) {
-                assert_eq!(
-                    doc["type"].as_str(),
-                    Some("device_list"),
-                    "{}: unknown type",
-                    path.display()
-                );
-                out.push(doc);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn device_list_vectors() {
-    let docs = device_list_documents(&our_dir());
-    let vectors: Vec<&Value> = docs
-        .iter()
-        .flat_map(|d| d["vectors"].as_array().unwrap())
-        .collect();
+    let vectors = documents_of(DEVICE_LIST_PROFILE, "device_list");
     assert!(
         vectors.len() >= 4,
         "only {} device_list vectors",
         vectors.len()
     );
-    for v in vectors {
+    for v in &vectors {
         check_device_list(v);
     }
 }
