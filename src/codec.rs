@@ -19,10 +19,17 @@ pub(crate) const PREKEYS_SNAPSHOT_V1: u8 = 0x32;
 
 /// Session book snapshot, format version 1.
 pub(crate) const SESSION_BOOK_V1: u8 = 0x33;
+/// Group session snapshot, format version 1.
+pub(crate) const GROUP_SESSION_V1: u8 = 0x34;
 /// Signed device list, format version 1.
 pub(crate) const DEVICE_LIST_V1: u8 = 0x41;
 /// Device link request, format version 1.
 pub(crate) const LINK_REQUEST_V1: u8 = 0x42;
+
+/// Sender-key group message, format version 1 (PROTOCOL.md §17.3).
+pub(crate) const GROUP_MESSAGE_V1: u8 = 0x61;
+/// Sender-key distribution message, format version 1 (PROTOCOL.md §17.4).
+pub(crate) const DISTRIBUTION_V1: u8 = 0x62;
 
 /// Checks the size limit and leading byte, then decodes the protobuf body.
 pub(crate) fn decode<M: prost::Message + Default>(

@@ -296,3 +296,62 @@ pub enum DeviceListError {
         limit: usize,
     },
 }
+
+/// Why a group operation failed (PROTOCOL.md §17). In every case the
+/// [`GroupSession`](crate::group::GroupSession) is unchanged.
+///
+/// Every cryptographic failure (signature, AEAD tag) is
+/// [`Unauthenticated`](Self::Unauthenticated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// The message or distribution could not be parsed.
+    #[error("malformed group message: {0}")]
+    Malformed(#[from] DecodeError),
+    /// The message or distribution belongs to another group.
+    #[error("message belongs to another group")]
+    WrongGroup,
+    /// The sender device is not a current member of the group.
+    #[error("sender is not a member of the group")]
+    NotMember,
+    /// The message or distribution claims to come from this device itself.
+    #[error("message from this device itself")]
+    OwnDevice,
+    /// No sender key with this id is known for the sender: its distribution has not arrived
+    /// yet (hold the message and retry after the next distribution from that sender), or the
+    /// key was replaced more than `MAX_SENDER_KEY_STATES` times since.
+    #[error("no sender key {key_id} for this sender")]
+    UnknownSenderKey {
+        /// The key id the message names.
+        key_id: u32,
+    },
+    /// The signature or the AEAD tag did not verify.
+    #[error("group message failed authentication")]
+    Unauthenticated,
+    /// The message's key is not available: it was already decrypted, its skipped key was
+    /// evicted, or it precedes the iteration at which this device received the sender key.
+    #[error("group message {iteration} was already decrypted or is not available")]
+    Duplicate {
+        /// The message's iteration.
+        iteration: u32,
+    },
+    /// Reaching the message would skip more than `MAX_SKIP` keys (PROTOCOL.md §17.5).
+    #[error("skipping {gap} message keys exceeds the limit of {limit}")]
+    TooFarAhead {
+        /// Keys that would have to be skipped.
+        gap: u32,
+        /// [`MAX_SKIP`](crate::limits::MAX_SKIP).
+        limit: u32,
+    },
+    /// The member list does not contain this device.
+    #[error("the member list does not contain this device")]
+    OwnDeviceNotListed,
+    /// More member devices than allowed.
+    #[error("{count} member devices exceed the limit of {limit}")]
+    TooManyMembers {
+        /// Devices in the list.
+        count: usize,
+        /// [`MAX_GROUP_DEVICES`](crate::limits::MAX_GROUP_DEVICES).
+        limit: usize,
+    },
+}

@@ -134,6 +134,29 @@ impl SessionBook {
         sender: &Address,
         plaintext: &[u8],
     ) -> Result<FanOut, EncryptError> {
+        let targets: Vec<Address> = self
+            .devices()
+            .map(|(a, _)| a)
+            .filter(|a| accounts.contains(&a.account) && a != sender)
+            .collect();
+        self.fan_out_to(rng, &targets, plaintext)
+    }
+
+    /// As [`SessionBook::fan_out`], to exactly the listed devices (for example a group's
+    /// [`Distribution::recipients`](crate::group::Distribution)). Listed devices without an
+    /// active session, including devices in no device list applied to the book, are returned
+    /// in `needs_bundle`. Duplicates are sent once.
+    ///
+    /// **Persist the book before sending** the entries.
+    ///
+    /// # Errors
+    /// [`EncryptError::TooLarge`] for an oversized plaintext (nothing changed).
+    pub fn fan_out_to(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        devices: &[Address],
+        plaintext: &[u8],
+    ) -> Result<FanOut, EncryptError> {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(EncryptError::TooLarge {
                 len: plaintext.len(),
@@ -143,12 +166,9 @@ impl SessionBook {
         let mut key = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(key.as_mut());
         let (body, payload) = seal_body(&key, plaintext)?;
-
-        let targets: Vec<Address> = self
-            .devices()
-            .map(|(a, _)| a)
-            .filter(|a| accounts.contains(&a.account) && a != sender)
-            .collect();
+        let mut targets = devices.to_vec();
+        targets.sort_unstable();
+        targets.dedup();
         let mut out = FanOut {
             body,
             entries: Vec::with_capacity(targets.len()),

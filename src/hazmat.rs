@@ -386,3 +386,79 @@ pub fn fanout_seal(
 ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), EncryptError> {
     crate::fanout::seal_body(key, plaintext)
 }
+
+/// One sender-key chain step (PROTOCOL.md §17.2): from the chain key for iteration `i`, the
+/// message key `MK_i = HMAC-SHA-256(CK_i, 0x01)`, the AES-256-GCM key and nonce expanded from
+/// it, and `CK_{i+1} = HMAC-SHA-256(CK_i, 0x02)`. For vectors.
+#[must_use]
+pub fn sender_key_step(chain_key: &[u8; 32]) -> SenderKeyStep {
+    let (mk, next) = crate::kdf::ChainKey::from_bytes(*chain_key).step();
+    let aead = mk.sender_key_aead_key();
+    SenderKeyStep {
+        message_key: Zeroizing::new(*mk.as_bytes()),
+        aes_key: Zeroizing::new(aead.key),
+        nonce: aead.nonce,
+        next_chain_key: Zeroizing::new(*next.as_bytes()),
+    }
+}
+
+/// The output of [`sender_key_step`].
+pub struct SenderKeyStep {
+    /// `MK_i`.
+    pub message_key: Zeroizing<[u8; 32]>,
+    /// AES-256-GCM key expanded from `MK_i`.
+    pub aes_key: Zeroizing<[u8; 32]>,
+    /// AES-256-GCM nonce expanded from `MK_i`.
+    pub nonce: [u8; 12],
+    /// `CK_{i+1}`.
+    pub next_chain_key: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for SenderKeyStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SenderKeyStep(<redacted>)")
+    }
+}
+
+/// A signed group message (PROTOCOL.md §17.3) from explicit inputs: `chain_key` is the chain
+/// key for `iteration`, `signing_seed` the sender key's Ed25519 seed. For vectors; never reuse
+/// a (chain key, iteration) pair for two plaintexts.
+#[must_use]
+pub fn group_seal(
+    group_id: crate::group::GroupId,
+    key_id: u32,
+    iteration: u32,
+    chain_key: &[u8; 32],
+    signing_seed: &[u8; 32],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let (mk, _) = crate::kdf::ChainKey::from_bytes(*chain_key).step();
+    let signing = ed25519_dalek::SigningKey::from_bytes(signing_seed);
+    crate::group::seal_message(group_id, key_id, iteration, &mk, &signing, plaintext)
+}
+
+/// The Ed25519 public key of a sender key's signing seed.
+#[must_use]
+pub fn sender_key_signing_public(signing_seed: &[u8; 32]) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(signing_seed)
+        .verifying_key()
+        .to_bytes()
+}
+
+/// A sender-key distribution message (PROTOCOL.md §17.4) from explicit inputs, for vectors.
+#[must_use]
+pub fn sender_key_distribution(
+    group_id: crate::group::GroupId,
+    key_id: u32,
+    iteration: u32,
+    chain_key: &[u8; 32],
+    signing_seed: &[u8; 32],
+) -> Zeroizing<Vec<u8>> {
+    crate::group::encode_distribution(
+        group_id,
+        key_id,
+        iteration,
+        &crate::kdf::ChainKey::from_bytes(*chain_key),
+        &ed25519_dalek::SigningKey::from_bytes(signing_seed).verifying_key(),
+    )
+}

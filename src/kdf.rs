@@ -17,6 +17,8 @@ pub(crate) const PQXDH_INFO: &[u8] = b"E2EE_PQXDH_v1_CURVE25519_SHA-256_ML-KEM-1
 pub(crate) const RK_INFO: &[u8] = b"E2EE_Ratchet_v1";
 /// `MK_INFO`, the message-key expansion label (PROTOCOL.md §2).
 pub(crate) const MK_INFO: &[u8] = b"E2EE_MessageKeys_v1";
+/// `SENDER_KEY_INFO`, the sender-key message-key expansion label (PROTOCOL.md §17.2).
+pub(crate) const SENDER_KEY_INFO: &[u8] = b"confidant/sender-key/v1/message";
 /// KDF_CK input byte for the message key (PROTOCOL.md §2).
 const CK_MESSAGE_BYTE: u8 = 0x01;
 /// KDF_CK input byte for the next chain key (PROTOCOL.md §2).
@@ -133,8 +135,18 @@ pub(crate) struct AeadKey {
 impl MessageKey {
     /// `okm = HKDF-SHA-256(salt = 0^32, IKM = MK, info = MK_INFO, L = 44)`.
     pub(crate) fn aead_key(&self) -> AeadKey {
+        self.expand(MK_INFO)
+    }
+
+    /// Sender keys (PROTOCOL.md §17.2): as [`MessageKey::aead_key`] with `SENDER_KEY_INFO`.
+    pub(crate) fn sender_key_aead_key(&self) -> AeadKey {
+        self.expand(SENDER_KEY_INFO)
+    }
+
+    /// `key || nonce = HKDF-SHA-256(salt = 0^32, IKM = MK, info, L = 44)`.
+    fn expand(&self, info: &[u8]) -> AeadKey {
         let mut okm = [0u8; 44];
-        hkdf_zero_salt(self.as_bytes(), MK_INFO, &mut okm);
+        hkdf_zero_salt(self.as_bytes(), info, &mut okm);
         let mut out = AeadKey {
             key: [0; 32],
             nonce: [0; 12],

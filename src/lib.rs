@@ -54,6 +54,7 @@ mod codec;
 pub mod device;
 mod error;
 pub mod fanout;
+pub mod group;
 pub mod hazmat;
 mod kdf;
 mod kem;
@@ -73,7 +74,7 @@ pub use bundle::{
     KemPreKeyPublic, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic, VerifiedBundle,
 };
 pub use error::{
-    BundleError, DecodeError, DecryptError, DeviceListError, EncryptError, HandshakeError,
+    BundleError, DecodeError, DecryptError, DeviceListError, EncryptError, GroupError, HandshakeError,
     KeyError, PreKeyError, RestoreError, UploadError,
 };
 pub use kem::{KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPublicKey};
@@ -87,6 +88,8 @@ pub use wire::{Handshake, Message, PreKeyMessage, RatchetMessage};
 pub const PROFILE_ID: &str = "x3dh-dr-ed25519-x25519-sha256-aesgcm/v1";
 /// The post-quantum session-setup profile this crate implements (PROTOCOL.md §13).
 pub const PQXDH_PROFILE_ID: &str = "pqxdh-ed25519-x25519-mlkem1024-sha256/v1";
+/// The sender-key group profile this crate implements (PROTOCOL.md §17).
+pub const SENDER_KEY_PROFILE_ID: &str = "confidant-sender-key/v1";
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -64,3 +64,18 @@ pub const MAX_ARCHIVED_SESSIONS: usize = 40;
 pub const MAX_BOOK_DEVICES: usize = 10_000;
 /// Largest session book snapshot accepted by `SessionBook::restore` (64 MiB).
 pub const MAX_SESSION_BOOK_BYTES: usize = 64 * 1024 * 1024;
+/// Most member devices of one group, this device included (PROTOCOL.md §17).
+pub const MAX_GROUP_DEVICES: usize = 2048;
+/// Sender keys kept per sender device in a group: the current one and up to four earlier ones,
+/// so messages in flight across a rotation still decrypt (libsignal keeps 5; PROTOCOL.md §17.5).
+pub const MAX_SENDER_KEY_STATES: usize = 5;
+/// Largest group message accepted by the decoder: [`MAX_PLAINTEXT`] plus the header, tag and
+/// signature.
+pub const MAX_GROUP_MESSAGE_BYTES: usize = MAX_PLAINTEXT + 1024;
+/// Largest sender-key distribution message accepted by the decoder.
+pub const MAX_DISTRIBUTION_BYTES: usize = 256;
+/// Largest group session snapshot accepted by `GroupSession::restore`: room for
+/// [`MAX_GROUP_DEVICES`] senders each with [`MAX_SENDER_KEY_STATES`] keys and
+/// [`MAX_STORED_SKIPPED`] skipped keys of 40 bytes (PROTOCOL.md §17.7). A group without
+/// skipped keys needs about 120 bytes per member device.
+pub const MAX_GROUP_SNAPSHOT_BYTES: usize = 192 * 1024 * 1024;

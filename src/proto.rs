@@ -384,3 +384,133 @@ impl Drop for DeviceSessionsProto {
         }
     }
 }
+
+// ---- Groups (PROTOCOL.md §17) ----------------------------------------------------------------
+
+/// A sender-key group message, before its 64-byte signature. Next tag: 5.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupMessageProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub group_id: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub key_id: u32,
+    #[prost(uint32, tag = "3")]
+    pub iteration: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// A sender-key distribution message (travels inside a pairwise session). Next tag: 6.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SenderKeyDistributionProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub group_id: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub key_id: u32,
+    #[prost(uint32, tag = "3")]
+    pub iteration: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub chain_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub signing_key: Vec<u8>,
+}
+
+impl Drop for SenderKeyDistributionProto {
+    fn drop(&mut self) {
+        self.chain_key.zeroize();
+    }
+}
+
+/// A group member device. Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MemberProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub account_key: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub device_id: u32,
+}
+
+/// This device's own sender key. Next tag: 6.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SendingKeyProto {
+    #[prost(uint32, tag = "1")]
+    pub key_id: u32,
+    #[prost(uint32, tag = "2")]
+    pub iteration: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub chain_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub signing_seed: Vec<u8>,
+    #[prost(uint64, tag = "5")]
+    pub created_at: u64,
+}
+
+impl Drop for SendingKeyProto {
+    fn drop(&mut self) {
+        self.chain_key.zeroize();
+        self.signing_seed.zeroize();
+    }
+}
+
+/// A received sender key. Next tag: 5.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReceivingKeyProto {
+    #[prost(uint32, tag = "1")]
+    pub key_id: u32,
+    #[prost(uint32, tag = "2")]
+    pub iteration: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub chain_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub signing_key: Vec<u8>,
+}
+
+impl Drop for ReceivingKeyProto {
+    fn drop(&mut self) {
+        self.chain_key.zeroize();
+    }
+}
+
+/// Another member device's sender keys. Next tag: 5.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SenderStateProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub account_key: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub device_id: u32,
+    /// Most recently installed first.
+    #[prost(message, repeated, tag = "3")]
+    pub keys: Vec<ReceivingKeyProto>,
+    /// Skipped message keys, oldest first, as packed 40-byte records
+    /// `u32be(key_id) || u32be(iteration) || message_key`.
+    #[prost(bytes = "vec", tag = "4")]
+    pub skipped: Vec<u8>,
+}
+
+impl Drop for SenderStateProto {
+    fn drop(&mut self) {
+        self.skipped.zeroize();
+    }
+}
+
+/// A group session snapshot. Next tag: 10.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct GroupSessionProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub group_id: Vec<u8>,
+    #[prost(message, optional, tag = "2")]
+    pub own: Option<MemberProto>,
+    #[prost(message, repeated, tag = "3")]
+    pub members: Vec<MemberProto>,
+    /// 0: no count limit.
+    #[prost(uint32, tag = "4")]
+    pub rotate_after_messages: u32,
+    #[prost(uint64, optional, tag = "5")]
+    pub rotate_after_ms: Option<u64>,
+    #[prost(message, optional, tag = "6")]
+    pub sending: Option<SendingKeyProto>,
+    #[prost(bool, tag = "7")]
+    pub rotation_pending: bool,
+    #[prost(message, repeated, tag = "8")]
+    pub senders: Vec<SenderStateProto>,
+}

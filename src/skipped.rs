@@ -12,25 +12,36 @@ use std::collections::BTreeMap;
 use crate::kdf::MessageKey;
 use crate::limits::MAX_STORED_SKIPPED;
 
-#[derive(Default)]
-pub(crate) struct SkippedKeys {
-    /// Ratchet key → n → (insertion sequence number, key). No chain maps to an empty map.
-    by_chain: BTreeMap<[u8; 32], BTreeMap<u32, (u64, MessageKey)>>,
-    /// Insertion sequence number → `(dh, n)`; the first entry is the oldest.
-    order: BTreeMap<u64, ([u8; 32], u32)>,
+/// Generic over the chain identifier `C`: the ratchet public key for pairwise sessions, the
+/// sender-key id for groups (PROTOCOL.md §17.5).
+pub(crate) struct SkippedKeys<C = [u8; 32]> {
+    /// Chain → n → (insertion sequence number, key). No chain maps to an empty map.
+    by_chain: BTreeMap<C, BTreeMap<u32, (u64, MessageKey)>>,
+    /// Insertion sequence number → `(chain, n)`; the first entry is the oldest.
+    order: BTreeMap<u64, (C, u32)>,
     next_seq: u64,
 }
 
-impl SkippedKeys {
+impl<C> Default for SkippedKeys<C> {
+    fn default() -> Self {
+        Self {
+            by_chain: BTreeMap::new(),
+            order: BTreeMap::new(),
+            next_seq: 0,
+        }
+    }
+}
+
+impl<C: Ord + Copy> SkippedKeys<C> {
     pub(crate) fn len(&self) -> usize {
         self.order.len()
     }
 
-    pub(crate) fn get(&self, dh: &[u8; 32], n: u32) -> Option<&MessageKey> {
+    pub(crate) fn get(&self, dh: &C, n: u32) -> Option<&MessageKey> {
         self.by_chain.get(dh)?.get(&n).map(|(_, key)| key)
     }
 
-    pub(crate) fn remove(&mut self, dh: &[u8; 32], n: u32) -> Option<MessageKey> {
+    pub(crate) fn remove(&mut self, dh: &C, n: u32) -> Option<MessageKey> {
         let chain = self.by_chain.get_mut(dh)?;
         let (seq, key) = chain.remove(&n)?;
         if chain.is_empty() {
@@ -42,7 +53,7 @@ impl SkippedKeys {
 
     /// `MKSKIPPED[dh, n] = key`: a new entry is the newest; assigning an existing entry replaces
     /// its key and keeps its age (map semantics). Then evicts the oldest beyond the limit.
-    pub(crate) fn insert(&mut self, dh: [u8; 32], n: u32, key: MessageKey) {
+    pub(crate) fn insert(&mut self, dh: C, n: u32, key: MessageKey) {
         let chain = self.by_chain.entry(dh).or_default();
         if let Some(entry) = chain.get_mut(&n) {
             entry.1 = key;
@@ -65,8 +76,23 @@ impl SkippedKeys {
         }
     }
 
+    /// Drops every key of chain `dh`.
+    pub(crate) fn remove_chain(&mut self, dh: &C) {
+        if let Some(chain) = self.by_chain.remove(dh) {
+            for (seq, _) in chain.values() {
+                self.order.remove(seq);
+            }
+        }
+    }
+
+    /// Whether chain `dh` has stored keys.
+    #[allow(dead_code)]
+    pub(crate) fn has_chain(&self, dh: &C) -> bool {
+        self.by_chain.contains_key(dh)
+    }
+
     /// Entries, oldest first.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8; 32], u32, &MessageKey)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&C, u32, &MessageKey)> {
         self.order.values().filter_map(|(dh, n)| {
             let (stored_dh, chain) = self.by_chain.get_key_value(dh)?;
             chain.get(n).map(|(_, key)| (stored_dh, *n, key))

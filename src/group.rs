@@ -1,0 +1,1035 @@
+//! Sender-key group encryption (PROTOCOL.md §17): each member device sends with its own sender
+//! key (a hash chain plus an Ed25519 signing key), distributed once to the other member devices
+//! through their pairwise sessions; a group message is then one AES-256-GCM encryption and one
+//! signature, whatever the group's size.
+//!
+//! Membership is the application's decision: [`GroupSession::set_members`] takes the member
+//! devices and reports what must be sent to whom. Removing a device makes this device's next
+//! [`GroupSession::encrypt`] use a fresh sender key, distributed to the remaining devices only.
+//!
+//! ```
+//! use confidant::book::Address;
+//! use confidant::group::{GroupId, GroupMessage, GroupSession, RotationPolicy, SenderKeyDistribution};
+//! use confidant::{IdentityKeyPair, Timestamp};
+//! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+//! # let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! let (alice, bob) = (IdentityKeyPair::generate(&mut rng), IdentityKeyPair::generate(&mut rng));
+//! let a = Address { account: alice.public(), device: 1 };
+//! let b = Address { account: bob.public(), device: 1 };
+//! let id = GroupId::random(&mut rng);
+//! let mut at_a = GroupSession::new(id, a, &[a, b], RotationPolicy::default())?;
+//! let mut at_b = GroupSession::new(id, b, &[a, b], RotationPolicy::default())?;
+//!
+//! let now = Timestamp(1_700_000_000_000);
+//! let sent = at_a.encrypt(&mut rng, now, b"hello group")?;
+//! // The first send distributes Alice's sender key: deliver it to each listed device through
+//! // its pairwise session (for example `SessionBook::fan_out_to`), then the group message.
+//! let distribution = sent.distribution.expect("first send distributes");
+//! assert_eq!(distribution.recipients, vec![b]);
+//!
+//! at_b.receive_distribution(&a, &SenderKeyDistribution::from_bytes(&distribution.message)?)?;
+//! let plaintext = at_b.decrypt(&a, &GroupMessage::from_bytes(&sent.message)?)?;
+//! assert_eq!(&plaintext[..], b"hello group");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use core::fmt;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand_core::CryptoRng;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::aead;
+use crate::book::Address;
+use crate::codec::{self, DISTRIBUTION_V1, GROUP_MESSAGE_V1, GROUP_SESSION_V1, RepeatedLimit};
+use crate::error::{DecodeError, EncryptError, GroupError, RestoreError};
+use crate::kdf::{ChainKey, MessageKey};
+use crate::keys::IdentityKey;
+use crate::limits::{
+    MAX_DISTRIBUTION_BYTES, MAX_GROUP_DEVICES, MAX_GROUP_MESSAGE_BYTES, MAX_GROUP_SNAPSHOT_BYTES,
+    MAX_PLAINTEXT, MAX_SENDER_KEY_STATES, MAX_SKIP, MAX_STORED_SKIPPED,
+};
+use crate::proto::{
+    GroupMessageProto, GroupSessionProto, MemberProto, ReceivingKeyProto, SenderKeyDistributionProto,
+    SenderStateProto, SendingKeyProto,
+};
+use crate::skipped::SkippedKeys;
+use crate::time::Timestamp;
+
+/// Length of a [`GroupId`].
+pub const GROUP_ID_LEN: usize = 16;
+/// Length of the Ed25519 signature that ends every group message.
+pub const GROUP_SIGNATURE_LEN: usize = 64;
+/// Length of one packed skipped-key record in a snapshot (PROTOCOL.md §17.7).
+const SKIPPED_RECORD_LEN: usize = 40;
+
+/// A group's identifier: 16 bytes chosen by the group's creator (random, or derived by the
+/// application from its own group id). Public: the server sees it on every group message.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId([u8; GROUP_ID_LEN]);
+
+impl GroupId {
+    /// A fresh random id from 16 bytes of `rng`.
+    pub fn random(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        let mut id = [0u8; GROUP_ID_LEN];
+        rng.fill_bytes(&mut id);
+        Self(id)
+    }
+
+    /// The id with these bytes.
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; GROUP_ID_LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// The id's bytes.
+    #[must_use]
+    pub const fn to_bytes(self) -> [u8; GROUP_ID_LEN] {
+        self.0
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Self, DecodeError> {
+        codec::array(bytes, "group_id").map(Self)
+    }
+}
+
+impl fmt::Debug for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GroupId(")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// When this device replaces its own sender key besides membership removals
+/// (PROTOCOL.md §17.6). A rotation costs one distribution to every other member device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    /// Replace the key after this many messages (`None`: no count limit). A key is always
+    /// replaced before its iteration counter would overflow.
+    pub max_messages: Option<u32>,
+    /// Replace the key once it is this many milliseconds old, by the caller-supplied time
+    /// (`None`: no age limit).
+    pub max_age_ms: Option<u64>,
+}
+
+impl RotationPolicy {
+    /// Rotate only when a member device is removed or [`GroupSession::rotate`] is called
+    /// (the Signal and WhatsApp behaviour).
+    #[must_use]
+    pub const fn on_removal_only() -> Self {
+        Self {
+            max_messages: None,
+            max_age_ms: None,
+        }
+    }
+}
+
+impl Default for RotationPolicy {
+    /// After 10 000 messages or 7 days, whichever comes first (PROTOCOL.md §17.6).
+    fn default() -> Self {
+        Self {
+            max_messages: Some(10_000),
+            max_age_ms: Some(7 * 24 * 60 * 60 * 1000),
+        }
+    }
+}
+
+/// A sender-key distribution to deliver, through each recipient's pairwise session, before (or
+/// with) the group messages that use it. The message carries a chain key: it is wiped on drop.
+pub struct Distribution {
+    /// The member devices that must receive it.
+    pub recipients: Vec<Address>,
+    /// The encoded [`SenderKeyDistribution`] (`0x62 || …`), the pairwise plaintext.
+    pub message: Zeroizing<Vec<u8>>,
+}
+
+impl fmt::Debug for Distribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Distribution")
+            .field("recipients", &self.recipients)
+            .field("message", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The result of [`GroupSession::encrypt`].
+#[derive(Debug)]
+pub struct GroupSend {
+    /// The group message, identical for every member device (`0x61 || … || signature`).
+    pub message: Vec<u8>,
+    /// Set when this send started a new sender key: deliver it to its recipients first.
+    pub distribution: Option<Distribution>,
+}
+
+/// The result of [`GroupSession::set_members`].
+#[derive(Debug)]
+pub struct MembershipUpdate {
+    /// Devices that joined.
+    pub added: Vec<Address>,
+    /// Devices that left: their sender keys are forgotten, and this device's next send uses a
+    /// fresh sender key that they never receive.
+    pub removed: Vec<Address>,
+    /// This device's current sender key at its current iteration, for the added devices only
+    /// (they cannot read anything sent before). `None` when there was nobody to add, when this
+    /// device has not sent yet, or when a rotation is pending (the next send distributes the
+    /// new key to every member).
+    pub distribution: Option<Distribution>,
+}
+
+/// Whether [`GroupSession::receive_distribution`] installed a new sender key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// A new sender key: retry the messages held back with
+    /// [`GroupError::UnknownSenderKey`].
+    New,
+    /// This sender key was already installed; the state is unchanged (never rewound, so a
+    /// replayed distribution cannot make a decrypted message decrypt again).
+    Known,
+}
+
+/// A parsed group message (PROTOCOL.md §17.3): routing data readable before any cryptography.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GroupMessage {
+    /// The exact bytes received; the signature covers all but the last 64.
+    bytes: Vec<u8>,
+    group_id: GroupId,
+    key_id: u32,
+    iteration: u32,
+    ciphertext: Vec<u8>,
+}
+
+impl GroupMessage {
+    /// Parses a group message (leading byte `0x61`).
+    ///
+    /// # Errors
+    /// [`DecodeError`] on malformed input.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_GROUP_MESSAGE_BYTES {
+            return Err(DecodeError::TooLarge {
+                len: bytes.len(),
+                limit: MAX_GROUP_MESSAGE_BYTES,
+            });
+        }
+        let (&first, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if first != GROUP_MESSAGE_V1 {
+            return Err(DecodeError::UnsupportedVersion(first));
+        }
+        let body_len = rest
+            .len()
+            .checked_sub(GROUP_SIGNATURE_LEN)
+            .ok_or(DecodeError::InvalidField("signature"))?;
+        let body = rest.get(..body_len).ok_or(DecodeError::Protobuf)?;
+        let proto: GroupMessageProto = codec::decode_body(body, &[])?;
+        if proto.ciphertext.len() < crate::limits::MIN_CIPHERTEXT {
+            return Err(DecodeError::InvalidField("ciphertext"));
+        }
+        Ok(Self {
+            bytes: bytes.to_vec(),
+            group_id: GroupId::parse(&proto.group_id)?,
+            key_id: proto.key_id,
+            iteration: proto.iteration,
+            ciphertext: proto.ciphertext,
+        })
+    }
+
+    /// The exact bytes parsed.
+    #[must_use]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+
+    /// The group the message belongs to (route it to that [`GroupSession`]).
+    #[must_use]
+    pub fn group_id(&self) -> GroupId {
+        self.group_id
+    }
+
+    /// The sender key's id.
+    #[must_use]
+    pub fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    /// The message's position in its sender key's chain.
+    #[must_use]
+    pub fn iteration(&self) -> u32 {
+        self.iteration
+    }
+
+    /// The signed part and the signature.
+    fn split(&self) -> Option<(&[u8], [u8; GROUP_SIGNATURE_LEN])> {
+        let at = self.bytes.len().checked_sub(GROUP_SIGNATURE_LEN)?;
+        let (signed, signature) = self.bytes.split_at_checked(at)?;
+        Some((signed, signature.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for GroupMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupMessage")
+            .field("group_id", &self.group_id)
+            .field("key_id", &self.key_id)
+            .field("iteration", &self.iteration)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// A parsed sender-key distribution message (PROTOCOL.md §17.4). It carries a chain key: not
+/// `Clone`, wiped on drop, redacted `Debug`.
+pub struct SenderKeyDistribution {
+    group_id: GroupId,
+    key_id: u32,
+    iteration: u32,
+    chain: ChainKey,
+    signing_key: VerifyingKey,
+}
+
+impl SenderKeyDistribution {
+    /// Parses a distribution (leading byte `0x62`), the plaintext of a pairwise message.
+    ///
+    /// # Errors
+    /// [`DecodeError`] on malformed input, including a signing key that is not a valid
+    /// Ed25519 point or has small order.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let proto: SenderKeyDistributionProto =
+            codec::decode(bytes, DISTRIBUTION_V1, MAX_DISTRIBUTION_BYTES)?;
+        let chain = ChainKey::from_bytes(codec::array(&proto.chain_key, "chain_key")?);
+        Ok(Self {
+            group_id: GroupId::parse(&proto.group_id)?,
+            key_id: proto.key_id,
+            iteration: proto.iteration,
+            chain,
+            signing_key: parse_verifying_key(&proto.signing_key)
+                .ok_or(DecodeError::InvalidField("signing_key"))?,
+        })
+    }
+
+    /// The encoding (`0x62 || protobuf`); it contains the chain key.
+    #[must_use]
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        encode_distribution(
+            self.group_id,
+            self.key_id,
+            self.iteration,
+            &self.chain,
+            &self.signing_key,
+        )
+    }
+
+    /// The group it belongs to.
+    #[must_use]
+    pub fn group_id(&self) -> GroupId {
+        self.group_id
+    }
+
+    /// The sender key's id.
+    #[must_use]
+    pub fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    /// The first iteration the recipient can decrypt.
+    #[must_use]
+    pub fn iteration(&self) -> u32 {
+        self.iteration
+    }
+
+    /// The sender key's public signing key.
+    #[must_use]
+    pub fn signing_key(&self) -> [u8; 32] {
+        self.signing_key.to_bytes()
+    }
+}
+
+impl fmt::Debug for SenderKeyDistribution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SenderKeyDistribution")
+            .field("group_id", &self.group_id)
+            .field("key_id", &self.key_id)
+            .field("iteration", &self.iteration)
+            .field("chain_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A valid, non-small-order Ed25519 public key.
+fn parse_verifying_key(bytes: &[u8]) -> Option<VerifyingKey> {
+    let bytes: [u8; 32] = bytes.try_into().ok()?;
+    let key = VerifyingKey::from_bytes(&bytes).ok()?;
+    (!key.is_weak()).then_some(key)
+}
+
+pub(crate) fn encode_distribution(
+    group_id: GroupId,
+    key_id: u32,
+    iteration: u32,
+    chain: &ChainKey,
+    signing_key: &VerifyingKey,
+) -> Zeroizing<Vec<u8>> {
+    codec::encode_secret(
+        DISTRIBUTION_V1,
+        &SenderKeyDistributionProto {
+            group_id: group_id.0.to_vec(),
+            key_id,
+            iteration,
+            chain_key: chain.as_bytes().to_vec(),
+            signing_key: signing_key.to_bytes().to_vec(),
+        },
+    )
+}
+
+/// The AEAD associated data of a group message: `group_id || u32be(key_id) || u32be(iteration)`
+/// (PROTOCOL.md §17.3).
+fn message_aad(group_id: GroupId, key_id: u32, iteration: u32) -> [u8; GROUP_ID_LEN + 8] {
+    let mut aad = [0u8; GROUP_ID_LEN + 8];
+    let (id, counters) = aad.split_at_mut(GROUP_ID_LEN);
+    id.copy_from_slice(&group_id.0);
+    let (k, n) = counters.split_at_mut(4);
+    k.copy_from_slice(&key_id.to_be_bytes());
+    n.copy_from_slice(&iteration.to_be_bytes());
+    aad
+}
+
+/// Seals one group message at `iteration` with message key `mk` and signs it
+/// (PROTOCOL.md §17.3): `0x61 || GroupMessageProto || Ed25519(signing, 0x61 || proto)`.
+pub(crate) fn seal_message(
+    group_id: GroupId,
+    key_id: u32,
+    iteration: u32,
+    mk: &MessageKey,
+    signing: &SigningKey,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let key = mk.sender_key_aead_key();
+    let proto = GroupMessageProto {
+        group_id: group_id.0.to_vec(),
+        key_id,
+        iteration,
+        ciphertext: aead::seal(&key, &message_aad(group_id, key_id, iteration), plaintext),
+    };
+    let mut out = Vec::with_capacity(1 + prost::Message::encoded_len(&proto) + GROUP_SIGNATURE_LEN);
+    out.push(GROUP_MESSAGE_V1);
+    prost::Message::encode_raw(&proto, &mut out);
+    let signature = signing.sign(&out);
+    out.extend_from_slice(&signature.to_bytes());
+    out
+}
+
+/// This device's own sender key.
+struct SendingKey {
+    key_id: u32,
+    /// The iteration of the next message; `chain` is the chain key for it.
+    iteration: u32,
+    chain: ChainKey,
+    signing: SigningKey,
+    created_at: Timestamp,
+}
+
+impl SendingKey {
+    fn distribution(&self, group_id: GroupId) -> Zeroizing<Vec<u8>> {
+        encode_distribution(
+            group_id,
+            self.key_id,
+            self.iteration,
+            &self.chain,
+            &self.signing.verifying_key(),
+        )
+    }
+}
+
+/// A sender key received from another member device.
+struct ReceivingKey {
+    key_id: u32,
+    /// The next iteration expected in order; `chain` is the chain key for it.
+    iteration: u32,
+    chain: ChainKey,
+    verifying: VerifyingKey,
+}
+
+/// The sender keys of one other member device.
+#[derive(Default)]
+struct SenderState {
+    /// Most recently installed first; at most [`MAX_SENDER_KEY_STATES`].
+    keys: VecDeque<ReceivingKey>,
+    /// Skipped message keys by (key id, iteration), oldest insertion evicted first.
+    skipped: SkippedKeys<u32>,
+}
+
+/// One device's state in one group (PROTOCOL.md §17): its own sender key, the sender keys of
+/// the other member devices, and the member list. A value the caller persists with
+/// [`GroupSession::snapshot`]; **persist it after every [`encrypt`](Self::encrypt) before
+/// sending**, or a crash could reuse a message key.
+pub struct GroupSession {
+    group_id: GroupId,
+    own: Address,
+    members: BTreeSet<Address>,
+    policy: RotationPolicy,
+    sending: Option<SendingKey>,
+    rotation_pending: bool,
+    senders: BTreeMap<Address, SenderState>,
+}
+
+impl GroupSession {
+    /// A group session for device `own` with the given member devices (`own` among them). No
+    /// key is created until the first [`encrypt`](Self::encrypt).
+    ///
+    /// # Errors
+    /// [`GroupError::OwnDeviceNotListed`], [`GroupError::TooManyMembers`].
+    pub fn new(
+        group_id: GroupId,
+        own: Address,
+        members: &[Address],
+        policy: RotationPolicy,
+    ) -> Result<Self, GroupError> {
+        let members = check_members(&own, members)?;
+        Ok(Self {
+            group_id,
+            own,
+            members,
+            policy,
+            sending: None,
+            rotation_pending: false,
+            senders: BTreeMap::new(),
+        })
+    }
+
+    /// The group's id.
+    #[must_use]
+    pub fn group_id(&self) -> GroupId {
+        self.group_id
+    }
+
+    /// This device's address.
+    #[must_use]
+    pub fn own_address(&self) -> Address {
+        self.own
+    }
+
+    /// The current member devices, this one included, in address order.
+    pub fn members(&self) -> impl Iterator<Item = &Address> + '_ {
+        self.members.iter()
+    }
+
+    /// The rotation policy.
+    #[must_use]
+    pub fn policy(&self) -> RotationPolicy {
+        self.policy
+    }
+
+    /// Replaces the rotation policy; it applies from the next send.
+    pub fn set_policy(&mut self, policy: RotationPolicy) {
+        self.policy = policy;
+    }
+
+    /// Replaces the member list (PROTOCOL.md §17.6). Removed devices' sender keys are forgotten
+    /// at once (nothing they send is accepted any more) and this device's next send starts a
+    /// new sender key distributed only to the remaining devices. Added devices receive this
+    /// device's current sender key at its current iteration, so they read nothing sent before.
+    ///
+    /// Derive the list from the member accounts' **verified** device lists: a device that an
+    /// account removes must leave every group too.
+    ///
+    /// # Errors
+    /// [`GroupError::OwnDeviceNotListed`] (this device left: drop the session),
+    /// [`GroupError::TooManyMembers`]. The session is unchanged.
+    pub fn set_members(&mut self, members: &[Address]) -> Result<MembershipUpdate, GroupError> {
+        let members = check_members(&self.own, members)?;
+        let added: Vec<Address> = members.difference(&self.members).copied().collect();
+        let removed: Vec<Address> = self.members.difference(&members).copied().collect();
+        for device in &removed {
+            self.senders.remove(device);
+        }
+        if !removed.is_empty() {
+            self.rotation_pending = true;
+        }
+        self.members = members;
+        let distribution = match (&self.sending, self.rotation_pending || added.is_empty()) {
+            (Some(key), false) => Some(Distribution {
+                recipients: added.clone(),
+                message: key.distribution(self.group_id),
+            }),
+            _ => None,
+        };
+        Ok(MembershipUpdate {
+            added,
+            removed,
+            distribution,
+        })
+    }
+
+    /// Makes the next send start a new sender key (distributed to every other member device),
+    /// for example after a suspected compromise.
+    pub fn rotate(&mut self) {
+        self.rotation_pending = true;
+    }
+
+    /// Whether the next [`encrypt`](Self::encrypt) at time `now` starts a new sender key.
+    #[must_use]
+    pub fn rotation_due(&self, now: Timestamp) -> bool {
+        let Some(key) = &self.sending else {
+            return true;
+        };
+        self.rotation_pending
+            || key.iteration == u32::MAX
+            || self.policy.max_messages.is_some_and(|m| key.iteration >= m)
+            || self
+                .policy
+                .max_age_ms
+                .is_some_and(|age| now.0.saturating_sub(key.created_at.0) >= age)
+    }
+
+    /// This device's current sender key at its current iteration, for the given member devices
+    /// (other devices are left out): to answer a member that lost its state or never received
+    /// the key. `None` before the first send or while a rotation is pending.
+    #[must_use]
+    pub fn distribution_for(&self, recipients: &[Address]) -> Option<Distribution> {
+        if self.rotation_pending {
+            return None;
+        }
+        let key = self.sending.as_ref()?;
+        let recipients: Vec<Address> = recipients
+            .iter()
+            .filter(|a| **a != self.own && self.members.contains(a))
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Some(Distribution {
+            recipients,
+            message: key.distribution(self.group_id),
+        })
+    }
+
+    /// Encrypts `plaintext` for every member device (PROTOCOL.md §17.3). Starts a new sender
+    /// key first when [`rotation_due`](Self::rotation_due): 32 bytes of `rng` for the chain
+    /// key, 32 for the signing key and, for the first key only, 4 for its id. Deliver
+    /// [`GroupSend::distribution`] before the message.
+    ///
+    /// **Persist the session before sending.**
+    ///
+    /// # Errors
+    /// [`EncryptError::TooLarge`] (nothing changed).
+    pub fn encrypt(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        now: Timestamp,
+        plaintext: &[u8],
+    ) -> Result<GroupSend, EncryptError> {
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(EncryptError::TooLarge {
+                len: plaintext.len(),
+                limit: MAX_PLAINTEXT,
+            });
+        }
+        let mut distribution = None;
+        if self.rotation_due(now) {
+            let key = self.new_sending_key(rng, now);
+            distribution = Some(Distribution {
+                recipients: self
+                    .members
+                    .iter()
+                    .filter(|a| **a != self.own)
+                    .copied()
+                    .collect(),
+                message: key.distribution(self.group_id),
+            });
+            self.sending = Some(key);
+            self.rotation_pending = false;
+        }
+        let group_id = self.group_id;
+        let key = self.sending.as_mut().ok_or(EncryptError::NotReady)?;
+        let (mk, next) = key.chain.step();
+        let message = seal_message(
+            group_id,
+            key.key_id,
+            key.iteration,
+            &mk,
+            &key.signing,
+            plaintext,
+        );
+        key.chain = next;
+        // Cannot overflow: `rotation_due` replaces a key at `u32::MAX`.
+        key.iteration = key.iteration.saturating_add(1);
+        Ok(GroupSend {
+            message,
+            distribution,
+        })
+    }
+
+    /// A fresh sender key. Its id follows the previous one (so ids differ among the keys a
+    /// receiver keeps); the first id is random.
+    fn new_sending_key(&self, rng: &mut (impl CryptoRng + ?Sized), now: Timestamp) -> SendingKey {
+        let mut chain = [0u8; 32];
+        rng.fill_bytes(&mut chain);
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(seed.as_mut());
+        let key_id = match &self.sending {
+            Some(previous) => previous.key_id.wrapping_add(1),
+            None => {
+                let mut id = [0u8; 4];
+                rng.fill_bytes(&mut id);
+                u32::from_be_bytes(id)
+            }
+        };
+        let key = SendingKey {
+            key_id,
+            iteration: 0,
+            chain: ChainKey::from_bytes(chain),
+            signing: SigningKey::from_bytes(&seed),
+            created_at: now,
+        };
+        chain.zeroize();
+        key
+    }
+
+    /// Installs a sender key received from member device `sender` through its pairwise session
+    /// (PROTOCOL.md §17.4). `sender` must be the device whose session decrypted the
+    /// distribution (for example [`SessionBook::receive`](crate::book::SessionBook::receive)'s
+    /// sender), never a claim from the message. A key already installed is kept as it is.
+    /// Keeps at most [`MAX_SENDER_KEY_STATES`] keys per sender, dropping the oldest installed.
+    ///
+    /// # Errors
+    /// [`GroupError::WrongGroup`], [`GroupError::OwnDevice`], [`GroupError::NotMember`]. The
+    /// session is unchanged.
+    pub fn receive_distribution(
+        &mut self,
+        sender: &Address,
+        distribution: &SenderKeyDistribution,
+    ) -> Result<KeyStatus, GroupError> {
+        if distribution.group_id != self.group_id {
+            return Err(GroupError::WrongGroup);
+        }
+        if *sender == self.own {
+            return Err(GroupError::OwnDevice);
+        }
+        if !self.members.contains(sender) {
+            return Err(GroupError::NotMember);
+        }
+        let state = self.senders.entry(*sender).or_default();
+        if let Some(at) = state
+            .keys
+            .iter()
+            .position(|k| k.key_id == distribution.key_id)
+        {
+            if state
+                .keys
+                .get(at)
+                .is_some_and(|k| k.verifying == distribution.signing_key)
+            {
+                return Ok(KeyStatus::Known);
+            }
+            // The sender reused an id for a different key (it lost its state): the new key
+            // replaces the old one.
+            state.keys.remove(at);
+            state.skipped.remove_chain(&distribution.key_id);
+        }
+        state.keys.push_front(ReceivingKey {
+            key_id: distribution.key_id,
+            iteration: distribution.iteration,
+            chain: distribution.chain.duplicate(),
+            verifying: distribution.signing_key,
+        });
+        while state.keys.len() > MAX_SENDER_KEY_STATES {
+            if let Some(old) = state.keys.pop_back() {
+                state.skipped.remove_chain(&old.key_id);
+            }
+        }
+        Ok(KeyStatus::New)
+    }
+
+    /// Decrypts a group message from member device `sender` (PROTOCOL.md §17.5). The signature
+    /// is checked before anything else; the message key is derived on a copy of the chain and
+    /// committed only once the AEAD tag verified, so on any error the session is unchanged.
+    /// Each message decrypts at most once.
+    ///
+    /// `sender` comes from the transport or the sealed envelope; a wrong one fails
+    /// ([`GroupError::UnknownSenderKey`] or [`GroupError::Unauthenticated`]).
+    ///
+    /// # Errors
+    /// [`GroupError`].
+    pub fn decrypt(
+        &mut self,
+        sender: &Address,
+        message: &GroupMessage,
+    ) -> Result<Zeroizing<Vec<u8>>, GroupError> {
+        if message.group_id != self.group_id {
+            return Err(GroupError::WrongGroup);
+        }
+        if *sender == self.own {
+            return Err(GroupError::OwnDevice);
+        }
+        if !self.members.contains(sender) {
+            return Err(GroupError::NotMember);
+        }
+        let unknown = GroupError::UnknownSenderKey {
+            key_id: message.key_id,
+        };
+        let state = self.senders.get_mut(sender).ok_or(unknown)?;
+        let key = state
+            .keys
+            .iter_mut()
+            .find(|k| k.key_id == message.key_id)
+            .ok_or(unknown)?;
+        let (signed, signature) = message.split().ok_or(GroupError::Unauthenticated)?;
+        key.verifying
+            .verify_strict(signed, &Signature::from_bytes(&signature))
+            .map_err(|_| GroupError::Unauthenticated)?;
+
+        let n = message.iteration;
+        let aad = message_aad(self.group_id, message.key_id, n);
+        if n < key.iteration {
+            let mk = state
+                .skipped
+                .get(&message.key_id, n)
+                .ok_or(GroupError::Duplicate { iteration: n })?;
+            let plaintext = aead::open(&mk.sender_key_aead_key(), &aad, &message.ciphertext)
+                .ok_or(GroupError::Unauthenticated)?;
+            state.skipped.remove(&message.key_id, n);
+            return Ok(plaintext);
+        }
+        let gap = n - key.iteration;
+        if gap > MAX_SKIP {
+            return Err(GroupError::TooFarAhead {
+                gap,
+                limit: MAX_SKIP,
+            });
+        }
+        let next_iteration = n.checked_add(1).ok_or(GroupError::Malformed(
+            DecodeError::InvalidField("iteration"),
+        ))?;
+        // Stage: walk a copy of the chain, keeping the keys skipped on the way.
+        let mut skipped = Vec::new();
+        let mut chain = key.chain.duplicate();
+        for i in key.iteration..n {
+            let (mk, next) = chain.step();
+            skipped.push((i, mk));
+            chain = next;
+        }
+        let (mk, next) = chain.step();
+        let plaintext = aead::open(&mk.sender_key_aead_key(), &aad, &message.ciphertext)
+            .ok_or(GroupError::Unauthenticated)?;
+        // Commit.
+        key.chain = next;
+        key.iteration = next_iteration;
+        for (i, mk) in skipped {
+            state.skipped.insert(message.key_id, i, mk);
+        }
+        Ok(plaintext)
+    }
+
+    /// A versioned snapshot (PROTOCOL.md §17.7). Store it encrypted at rest.
+    #[must_use]
+    pub fn snapshot(&self) -> Zeroizing<Vec<u8>> {
+        let member = |a: &Address| MemberProto {
+            account_key: a.account.to_bytes().to_vec(),
+            device_id: a.device,
+        };
+        let proto = GroupSessionProto {
+            group_id: self.group_id.0.to_vec(),
+            own: Some(member(&self.own)),
+            members: self.members.iter().map(member).collect(),
+            rotate_after_messages: self.policy.max_messages.unwrap_or(0),
+            rotate_after_ms: self.policy.max_age_ms,
+            sending: self.sending.as_ref().map(|k| SendingKeyProto {
+                key_id: k.key_id,
+                iteration: k.iteration,
+                chain_key: k.chain.as_bytes().to_vec(),
+                signing_seed: k.signing.to_bytes().to_vec(),
+                created_at: k.created_at.0,
+            }),
+            rotation_pending: self.rotation_pending,
+            senders: self
+                .senders
+                .iter()
+                .map(|(a, s)| {
+                    let mut skipped = Vec::with_capacity(s.skipped.len() * SKIPPED_RECORD_LEN);
+                    for (key_id, n, mk) in s.skipped.iter() {
+                        skipped.extend_from_slice(&key_id.to_be_bytes());
+                        skipped.extend_from_slice(&n.to_be_bytes());
+                        skipped.extend_from_slice(mk.as_bytes());
+                    }
+                    SenderStateProto {
+                        account_key: a.account.to_bytes().to_vec(),
+                        device_id: a.device,
+                        keys: s
+                            .keys
+                            .iter()
+                            .map(|k| ReceivingKeyProto {
+                                key_id: k.key_id,
+                                iteration: k.iteration,
+                                chain_key: k.chain.as_bytes().to_vec(),
+                                signing_key: k.verifying.to_bytes().to_vec(),
+                            })
+                            .collect(),
+                        skipped,
+                    }
+                })
+                .collect(),
+        };
+        codec::encode_secret(GROUP_SESSION_V1, &proto)
+    }
+
+    /// Restores a snapshot, treating it as untrusted: every invariant is checked.
+    ///
+    /// # Errors
+    /// [`RestoreError`].
+    pub fn restore(bytes: &[u8]) -> Result<Self, RestoreError> {
+        let proto: GroupSessionProto = codec::decode_counted(
+            bytes,
+            GROUP_SESSION_V1,
+            MAX_GROUP_SNAPSHOT_BYTES,
+            &[
+                RepeatedLimit {
+                    path: &[],
+                    tag: 3,
+                    max: MAX_GROUP_DEVICES,
+                    field: "members",
+                },
+                RepeatedLimit {
+                    path: &[],
+                    tag: 8,
+                    max: MAX_GROUP_DEVICES,
+                    field: "senders",
+                },
+                RepeatedLimit {
+                    path: &[8],
+                    tag: 3,
+                    max: MAX_GROUP_DEVICES * MAX_SENDER_KEY_STATES,
+                    field: "sender keys",
+                },
+            ],
+        )?;
+        let invariant = RestoreError::Invariant;
+        let address = |m: &MemberProto, f| -> Result<Address, RestoreError> {
+            Ok(Address {
+                account: IdentityKey::from_bytes(&m.account_key).map_err(|_| invariant(f))?,
+                device: m.device_id,
+            })
+        };
+        let group_id = GroupId::parse(&proto.group_id)?;
+        let own = address(proto.own.as_ref().ok_or(invariant("own"))?, "own")?;
+        let mut members = BTreeSet::new();
+        for m in &proto.members {
+            if !members.insert(address(m, "member")?) {
+                return Err(invariant("duplicate member"));
+            }
+        }
+        if !members.contains(&own) {
+            return Err(invariant("own device not a member"));
+        }
+        let policy = RotationPolicy {
+            max_messages: (proto.rotate_after_messages != 0).then_some(proto.rotate_after_messages),
+            max_age_ms: proto.rotate_after_ms,
+        };
+        let sending = match &proto.sending {
+            None => None,
+            Some(k) => Some(SendingKey {
+                key_id: k.key_id,
+                iteration: k.iteration,
+                chain: ChainKey::from_bytes(
+                    codec::array(&k.chain_key, "chain_key").map_err(|_| invariant("chain_key"))?,
+                ),
+                signing: SigningKey::from_bytes(&Zeroizing::new(
+                    codec::array(&k.signing_seed, "signing_seed")
+                        .map_err(|_| invariant("signing_seed"))?,
+                )),
+                created_at: Timestamp(k.created_at),
+            }),
+        };
+        let mut senders = BTreeMap::new();
+        for s in &proto.senders {
+            let sender = Address {
+                account: IdentityKey::from_bytes(&s.account_key)
+                    .map_err(|_| invariant("sender account_key"))?,
+                device: s.device_id,
+            };
+            if sender == own || !members.contains(&sender) {
+                return Err(invariant("sender not another member"));
+            }
+            if s.keys.is_empty() || s.keys.len() > MAX_SENDER_KEY_STATES {
+                return Err(invariant("sender key count"));
+            }
+            let mut state = SenderState::default();
+            for k in &s.keys {
+                if state.keys.iter().any(|x| x.key_id == k.key_id) {
+                    return Err(invariant("duplicate sender key id"));
+                }
+                state.keys.push_back(ReceivingKey {
+                    key_id: k.key_id,
+                    iteration: k.iteration,
+                    chain: ChainKey::from_bytes(
+                        codec::array(&k.chain_key, "chain_key")
+                            .map_err(|_| invariant("chain_key"))?,
+                    ),
+                    verifying: parse_verifying_key(&k.signing_key)
+                        .ok_or(invariant("signing_key"))?,
+                });
+            }
+            if s.skipped.len() % SKIPPED_RECORD_LEN != 0
+                || s.skipped.len() / SKIPPED_RECORD_LEN > MAX_STORED_SKIPPED
+            {
+                return Err(invariant("skipped keys"));
+            }
+            for record in s.skipped.chunks_exact(SKIPPED_RECORD_LEN) {
+                let (key_id, rest) = record.split_at(4);
+                let (n, mk) = rest.split_at(4);
+                let key_id = u32::from_be_bytes(codec::array(key_id, "key_id")?);
+                let n = u32::from_be_bytes(codec::array(n, "iteration")?);
+                let chain = state
+                    .keys
+                    .iter()
+                    .find(|k| k.key_id == key_id)
+                    .ok_or(invariant("skipped key of an unknown sender key"))?;
+                if n >= chain.iteration || state.skipped.get(&key_id, n).is_some() {
+                    return Err(invariant("skipped key iteration"));
+                }
+                state
+                    .skipped
+                    .insert(key_id, n, MessageKey::from_bytes(codec::array(mk, "key")?));
+            }
+            if senders.insert(sender, state).is_some() {
+                return Err(invariant("duplicate sender"));
+            }
+        }
+        Ok(Self {
+            group_id,
+            own,
+            members,
+            policy,
+            sending,
+            rotation_pending: proto.rotation_pending,
+            senders,
+        })
+    }
+}
+
+impl fmt::Debug for GroupSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupSession")
+            .field("group_id", &self.group_id)
+            .field("own", &self.own)
+            .field("members", &self.members.len())
+            .field("sending_key_id", &self.sending.as_ref().map(|k| k.key_id))
+            .field("senders", &self.senders.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_members(own: &Address, members: &[Address]) -> Result<BTreeSet<Address>, GroupError> {
+    let set: BTreeSet<Address> = members.iter().copied().collect();
+    if set.len() > MAX_GROUP_DEVICES {
+        return Err(GroupError::TooManyMembers {
+            count: set.len(),
+            limit: MAX_GROUP_DEVICES,
+        });
+    }
+    if !set.contains(own) {
+        return Err(GroupError::OwnDeviceNotListed);
+    }
+    Ok(set)
+}
