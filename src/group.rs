@@ -51,8 +51,8 @@ use crate::limits::{
     MAX_PLAINTEXT, MAX_SENDER_KEY_STATES, MAX_SKIP, MAX_STORED_SKIPPED,
 };
 use crate::proto::{
-    GroupMessageProto, GroupSessionProto, MemberProto, ReceivingKeyProto, SenderKeyDistributionProto,
-    SenderStateProto, SendingKeyProto,
+    GroupMessageProto, GroupSessionProto, MemberProto, ReceivingKeyProto,
+    SenderKeyDistributionProto, SenderStateProto, SendingKeyProto,
 };
 use crate::skipped::SkippedKeys;
 use crate::time::Timestamp;
@@ -799,9 +799,11 @@ impl GroupSession {
                 limit: MAX_SKIP,
             });
         }
-        let next_iteration = n.checked_add(1).ok_or(GroupError::Malformed(
-            DecodeError::InvalidField("iteration"),
-        ))?;
+        let next_iteration =
+            n.checked_add(1)
+                .ok_or(GroupError::Malformed(DecodeError::InvalidField(
+                    "iteration",
+                )))?;
         // Stage: walk a copy of the chain, keeping the keys skipped on the way.
         let mut skipped = Vec::new();
         let mut chain = key.chain.duplicate();

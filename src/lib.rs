@@ -74,8 +74,8 @@ pub use bundle::{
     KemPreKeyPublic, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic, VerifiedBundle,
 };
 pub use error::{
-    BundleError, DecodeError, DecryptError, DeviceListError, EncryptError, GroupError, HandshakeError,
-    KeyError, PreKeyError, RestoreError, UploadError,
+    BundleError, DecodeError, DecryptError, DeviceListError, EncryptError, GroupError,
+    HandshakeError, KeyError, PreKeyError, RestoreError, UploadError,
 };
 pub use kem::{KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPublicKey};
 pub use keys::{IdentityKey, IdentityKeyPair, PublicKey};
