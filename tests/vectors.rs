@@ -28,11 +28,15 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
+use confidant::book::Address;
 use confidant::device::{DeviceEntry, DeviceList, LinkRequest, VerifiedDeviceList};
+use confidant::group::{
+    GroupId, GroupMessage, GroupSession, KeyStatus, RotationPolicy, SenderKeyDistribution,
+};
 use confidant::hazmat::{self, Ratchet};
 use confidant::{
-    DecryptError, IdentityKey, IdentityKeyPair, KEM_CIPHERTEXT_LEN, KemPreKeyPublic, PreKeyBundle,
-    PublicKey, SignedPreKeyPublic, Timestamp,
+    DecryptError, GroupError, IdentityKey, IdentityKeyPair, KEM_CIPHERTEXT_LEN, KemPreKeyPublic,
+    PreKeyBundle, PublicKey, SignedPreKeyPublic, Timestamp,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -1246,6 +1250,7 @@ fn regenerate() {
     };
     regenerate_device_lists();
     regenerate_fanout();
+    regenerate_sender_keys();
     write("x3dh.json", "x3dh", x3dh);
     write("pqxdh.json", "pqxdh", pqxdh);
     write("double_ratchet.json", "double_ratchet", convs);
@@ -1467,6 +1472,13 @@ fn fanout_body_vectors() {
     }
 }
 
+fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
 fn sha2_digest(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
@@ -1506,4 +1518,417 @@ fn identity_key_rejects_bad_points() {
     assert!(IdentityKey::from_bytes(&identity).is_err());
     let non_canonical = [0xffu8; 32];
     assert!(IdentityKey::from_bytes(&non_canonical).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender keys (PROTOCOL.md §17): profile `confidant-sender-key/v1`, type `sender_key`.
+
+const SENDER_KEY_PROFILE: &str = "confidant-sender-key/v1";
+
+/// Serves a fixed byte stream to `fill_bytes`, in order (any request size); asking for more is
+/// a test failure.
+struct ByteStreamRng {
+    bytes: Vec<u8>,
+    next: usize,
+}
+
+impl TryRng for ByteStreamRng {
+    type Error = Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        panic!("unexpected next_u32")
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        panic!("unexpected next_u64")
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        let end = self.next + dst.len();
+        assert!(
+            end <= self.bytes.len(),
+            "more randomness drawn than scripted"
+        );
+        dst.copy_from_slice(&self.bytes[self.next..end]);
+        self.next = end;
+        Ok(())
+    }
+}
+impl TryCryptoRng for ByteStreamRng {}
+
+fn group_id(v: &Value) -> GroupId {
+    GroupId::from_bytes(h(v, "group_id").try_into().unwrap())
+}
+
+fn group_error_kind(e: &GroupError) -> &'static str {
+    match e {
+        GroupError::Unauthenticated => "unauthenticated",
+        GroupError::Duplicate { .. } => "duplicate",
+        GroupError::TooFarAhead { .. } => "too_far_ahead",
+        GroupError::UnknownSenderKey { .. } => "unknown_sender_key",
+        GroupError::Malformed(_) => "malformed",
+        other => panic!("unexpected error in a vector: {other:?}"),
+    }
+}
+
+/// Each vector, re-derived byte for byte:
+/// * `signing_public` from `signing_seed`; `chain`: every step from `chain_key` (the chain key
+///   for `iteration`): `message_key`, `aes_key`, `nonce`, `next_chain_key`;
+/// * `distribution` from (`group_id`, `key_id`, `iteration`, `chain_key`, `signing_seed`), and
+///   it parses back to those fields;
+/// * every `messages[i].message` from its iteration's chain key, the seed and the plaintext;
+///   when `iteration` is 0, a `GroupSession` whose RNG serves exactly `chain_key ||
+///   signing_seed || u32be(key_id)` produces the same distribution and messages;
+/// * `deliveries`: a receiving `GroupSession` that installed the distribution decrypts each in
+///   order to its `plaintext` or fails with `expect_error`, unchanged on failure.
+#[test]
+fn sender_key_vectors() {
+    let vectors = documents_of(SENDER_KEY_PROFILE, "sender_key");
+    assert!(
+        vectors.len() >= 5,
+        "only {} sender_key vectors",
+        vectors.len()
+    );
+    let mut deliveries = 0;
+    for v in &vectors {
+        let n = name(v);
+        let gid = group_id(v);
+        let key_id = u32::try_from(v["key_id"].as_u64().unwrap()).unwrap();
+        let start = u32::try_from(v["iteration"].as_u64().unwrap()).unwrap();
+        let seed = h32(v, "signing_seed");
+        assert_eq!(
+            hazmat::sender_key_signing_public(&seed),
+            h32(v, "signing_public"),
+            "{n}: signing_public"
+        );
+
+        // The chain.
+        let mut ck = h32(v, "chain_key");
+        let mut chain_keys = vec![ck];
+        for (i, step) in v["chain"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(
+                step["iteration"].as_u64(),
+                Some(u64::from(start) + i as u64)
+            );
+            assert_eq!(hex::encode(ck), step["chain_key"].as_str().unwrap(), "{n}");
+            let out = hazmat::sender_key_step(&ck);
+            assert_eq!(
+                *out.message_key,
+                h32(step, "message_key"),
+                "{n}: message_key"
+            );
+            assert_eq!(*out.aes_key, h32(step, "aes_key"), "{n}: aes_key");
+            assert_eq!(
+                hex::encode(out.nonce),
+                step["nonce"].as_str().unwrap(),
+                "{n}: nonce"
+            );
+            assert_eq!(
+                *out.next_chain_key,
+                h32(step, "next_chain_key"),
+                "{n}: next"
+            );
+            // Independently of the crate's KDF code: HMAC-SHA-256 and HKDF straight from the
+            // RustCrypto crates, as PROTOCOL.md §17.2 writes them.
+            assert_eq!(
+                hmac_sha256(&ck, &[0x01]),
+                *out.message_key,
+                "{n}: MK = HMAC(CK, 01)"
+            );
+            assert_eq!(
+                hmac_sha256(&ck, &[0x02]),
+                *out.next_chain_key,
+                "{n}: HMAC(CK, 02)"
+            );
+            let mut okm = [0u8; 44];
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(&[0u8; 32]), &out.message_key[..])
+                .expand(b"confidant/sender-key/v1/message", &mut okm)
+                .unwrap();
+            assert_eq!(&okm[..32], &out.aes_key[..], "{n}: HKDF key");
+            assert_eq!(&okm[32..], &out.nonce[..], "{n}: HKDF nonce");
+            ck = *out.next_chain_key;
+            chain_keys.push(ck);
+        }
+
+        // The distribution.
+        let dist_bytes = h(v, "distribution");
+        let made = hazmat::sender_key_distribution(gid, key_id, start, &h32(v, "chain_key"), &seed);
+        assert_eq!(
+            hex::encode(&made[..]),
+            hex::encode(&dist_bytes),
+            "{n}: distribution"
+        );
+        let dist = SenderKeyDistribution::from_bytes(&dist_bytes).unwrap();
+        assert_eq!(
+            (
+                dist.group_id(),
+                dist.key_id(),
+                dist.iteration(),
+                dist.signing_key()
+            ),
+            (gid, key_id, start, h32(v, "signing_public")),
+            "{n}: distribution fields"
+        );
+
+        // The messages.
+        let messages = v["messages"].as_array().unwrap();
+        for m in messages {
+            let it = u32::try_from(m["iteration"].as_u64().unwrap()).unwrap();
+            let ck = chain_keys[usize::try_from(it - start).unwrap()];
+            let sealed = hazmat::group_seal(gid, key_id, it, &ck, &seed, &h(m, "plaintext"));
+            assert_eq!(
+                hex::encode(&sealed),
+                m["message"].as_str().unwrap(),
+                "{n}: message {it}"
+            );
+            let parsed = GroupMessage::from_bytes(&sealed).unwrap();
+            assert_eq!(
+                (parsed.group_id(), parsed.key_id(), parsed.iteration()),
+                (gid, key_id, it)
+            );
+        }
+
+        let sender = Address {
+            account: IdentityKeyPair::from_seed(&[1; 32]).public(),
+            device: 1,
+        };
+        let receiver = Address {
+            account: IdentityKeyPair::from_seed(&[2; 32]).public(),
+            device: 1,
+        };
+        let policy = RotationPolicy::on_removal_only();
+
+        // The sending side, through the public API, when the vector starts a fresh key.
+        if start == 0 {
+            let mut script = h(v, "chain_key");
+            script.extend_from_slice(&seed);
+            script.extend_from_slice(&key_id.to_be_bytes());
+            let mut rng = ByteStreamRng {
+                bytes: script,
+                next: 0,
+            };
+            let mut session = GroupSession::new(gid, sender, &[sender, receiver], policy).unwrap();
+            for (i, m) in messages.iter().enumerate() {
+                assert_eq!(
+                    m["iteration"].as_u64(),
+                    Some(i as u64),
+                    "{n}: messages in order"
+                );
+                let sent = session
+                    .encrypt(&mut rng, Timestamp(0), &h(m, "plaintext"))
+                    .unwrap();
+                assert_eq!(
+                    hex::encode(&sent.message),
+                    m["message"].as_str().unwrap(),
+                    "{n}"
+                );
+                match sent.distribution {
+                    Some(d) if i == 0 => {
+                        assert_eq!(
+                            &d.message[..],
+                            &dist_bytes[..],
+                            "{n}: GroupSession distribution"
+                        );
+                        assert_eq!(d.recipients, vec![receiver]);
+                    }
+                    None if i > 0 => {}
+                    other => panic!("{n}: unexpected distribution {other:?}"),
+                }
+            }
+            assert_eq!(rng.next, rng.bytes.len(), "{n}: every scripted byte drawn");
+        }
+
+        // The receiving side.
+        let mut session = GroupSession::new(gid, receiver, &[sender, receiver], policy).unwrap();
+        assert_eq!(
+            session.receive_distribution(&sender, &dist),
+            Ok(KeyStatus::New)
+        );
+        for d in v["deliveries"].as_array().unwrap() {
+            deliveries += 1;
+            let before = session.snapshot();
+            let result = GroupMessage::from_bytes(&h(d, "message"))
+                .map_err(GroupError::Malformed)
+                .and_then(|m| session.decrypt(&sender, &m));
+            match (d["expect_error"].as_str(), result) {
+                (None, Ok(pt)) => {
+                    assert_eq!(hex::encode(&pt[..]), d["plaintext"].as_str().unwrap())
+                }
+                (Some(kind), Err(e)) => {
+                    assert_eq!(group_error_kind(&e), kind, "{n}");
+                    assert_eq!(
+                        &session.snapshot()[..],
+                        &before[..],
+                        "{n}: unchanged on error"
+                    );
+                }
+                (want, got) => panic!("{n}: expected {want:?}, got {:?}", got.map(|_| ())),
+            }
+        }
+    }
+    assert!(deliveries >= 15, "only {deliveries} deliveries");
+}
+
+struct SenderKeyCase {
+    name: &'static str,
+    /// The iteration the distribution starts at (0: a fresh key).
+    start: u32,
+    /// Plaintext lengths of the messages, at iterations start, start+1, …
+    lengths: &'static [usize],
+    /// Delivery order (indices into the messages) and tampering.
+    deliveries: &'static [Delivery],
+}
+
+#[derive(Clone, Copy)]
+enum Delivery {
+    /// Message i as sent.
+    Send(usize),
+    /// Message i with bit `bit` of byte `byte` (from the end if negative) flipped.
+    Flip(usize, isize, u8),
+    /// Message i re-signed with another signing key.
+    ForeignSignature(usize),
+    /// A message at iteration `start - 1`, before the distribution (late joiner).
+    BeforeJoin,
+}
+
+const SENDER_KEY_CASES: &[SenderKeyCase] = &[
+    SenderKeyCase {
+        name: "sender-key-in-order",
+        start: 0,
+        lengths: &[0, 1, 13],
+        deliveries: &[Delivery::Send(0), Delivery::Send(1), Delivery::Send(2)],
+    },
+    SenderKeyCase {
+        name: "sender-key-out-of-order-and-duplicate",
+        start: 0,
+        lengths: &[5, 6, 7, 8, 9],
+        deliveries: &[
+            Delivery::Send(3),
+            Delivery::Send(0),
+            Delivery::Send(4),
+            Delivery::Send(0),
+            Delivery::Send(1),
+            Delivery::Send(2),
+            Delivery::Send(3),
+        ],
+    },
+    SenderKeyCase {
+        name: "sender-key-1kib",
+        start: 0,
+        lengths: &[1024],
+        deliveries: &[Delivery::Send(0)],
+    },
+    SenderKeyCase {
+        name: "sender-key-late-joiner",
+        start: 7,
+        lengths: &[11, 12],
+        deliveries: &[Delivery::BeforeJoin, Delivery::Send(1), Delivery::Send(0)],
+    },
+    SenderKeyCase {
+        name: "sender-key-tampered",
+        start: 0,
+        lengths: &[20, 21],
+        deliveries: &[
+            Delivery::Flip(0, -1, 0x01),
+            Delivery::Flip(0, -70, 0x80),
+            Delivery::Flip(0, -66, 0x10),
+            Delivery::ForeignSignature(0),
+            Delivery::Send(0),
+            Delivery::ForeignSignature(1),
+            Delivery::Send(1),
+        ],
+    },
+];
+
+fn gen_sender_key(case: &SenderKeyCase) -> Value {
+    let mut rng = seeded(case.name);
+    let mut gid = [0u8; 16];
+    rng.fill_bytes(&mut gid);
+    let gid = GroupId::from_bytes(gid);
+    let key_id = rng.next_u32();
+    let seed = rand32(&mut rng);
+    let foreign_seed = rand32(&mut rng);
+    let mut ck = rand32(&mut rng);
+    let mut plaintexts = Vec::new();
+    for len in case.lengths {
+        let mut p = vec![0u8; *len];
+        rng.fill_bytes(&mut p);
+        plaintexts.push(p);
+    }
+    // The chain key before `start`, for a message the late joiner must not read.
+    let before_join = (case.start > 0).then(|| {
+        let earlier = ck;
+        let out = hazmat::sender_key_step(&earlier);
+        ck = *out.next_chain_key;
+        hazmat::group_seal(gid, key_id, case.start - 1, &earlier, &seed, b"before join")
+    });
+    let start_ck = ck;
+    let mut chain = Vec::new();
+    let mut messages = Vec::new();
+    let mut sealed = Vec::new();
+    for (i, p) in plaintexts.iter().enumerate() {
+        let it = case.start + u32::try_from(i).unwrap();
+        let out = hazmat::sender_key_step(&ck);
+        chain.push(json!({"iteration": it, "chain_key": hex::encode(ck),
+            "message_key": hex::encode(*out.message_key), "aes_key": hex::encode(*out.aes_key),
+            "nonce": hex::encode(out.nonce), "next_chain_key": hex::encode(*out.next_chain_key)}));
+        let m = hazmat::group_seal(gid, key_id, it, &ck, &seed, p);
+        messages.push(
+            json!({"iteration": it, "plaintext": hex::encode(p), "message": hex::encode(&m)}),
+        );
+        sealed.push(m);
+        ck = *out.next_chain_key;
+    }
+    let mut delivered = vec![false; sealed.len()];
+    let deliveries: Vec<Value> = case
+        .deliveries
+        .iter()
+        .map(|d| match *d {
+            Delivery::Send(i) => {
+                let first = !delivered[i];
+                delivered[i] = true;
+                if first {
+                    json!({"message": hex::encode(&sealed[i]), "plaintext": hex::encode(&plaintexts[i]), "expect_error": null})
+                } else {
+                    json!({"message": hex::encode(&sealed[i]), "plaintext": null, "expect_error": "duplicate"})
+                }
+            }
+            Delivery::Flip(i, byte, bit) => {
+                let mut m = sealed[i].clone();
+                let at = if byte < 0 { m.len() - byte.unsigned_abs() } else { byte.unsigned_abs() };
+                m[at] ^= bit;
+                json!({"message": hex::encode(&m), "plaintext": null, "expect_error": "unauthenticated"})
+            }
+            Delivery::ForeignSignature(i) => {
+                let it = case.start + u32::try_from(i).unwrap();
+                let ck_i = hazmat::sender_key_step(&start_ck);
+                let ck_i = if i == 0 { start_ck } else { *ck_i.next_chain_key };
+                assert!(i <= 1);
+                let m = hazmat::group_seal(gid, key_id, it, &ck_i, &foreign_seed, &plaintexts[i]);
+                json!({"message": hex::encode(&m), "plaintext": null, "expect_error": "unauthenticated"})
+            }
+            Delivery::BeforeJoin => json!({"message": hex::encode(before_join.as_ref().unwrap()),
+                "plaintext": null, "expect_error": "duplicate"}),
+        })
+        .collect();
+    json!({
+        "name": case.name,
+        "group_id": hex::encode(gid.to_bytes()),
+        "key_id": key_id,
+        "signing_seed": hex::encode(seed),
+        "signing_public": hex::encode(hazmat::sender_key_signing_public(&seed)),
+        "iteration": case.start,
+        "chain_key": hex::encode(start_ck),
+        "chain": chain,
+        "distribution": hex::encode(&hazmat::sender_key_distribution(gid, key_id, case.start, &start_ck, &seed)[..]),
+        "messages": messages,
+        "deliveries": deliveries,
+    })
+}
+
+fn regenerate_sender_keys() {
+    let vectors: Vec<Value> = SENDER_KEY_CASES.iter().map(gen_sender_key).collect();
+    let doc = json!({"profile": SENDER_KEY_PROFILE, "type": "sender_key", "vectors": vectors});
+    std::fs::write(
+        our_dir().join("sender_key.json"),
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .unwrap();
 }
