@@ -491,3 +491,82 @@ fn kem_public_types_debug_is_compact() {
         );
     }
 }
+
+/// Group types: the sender key's chain key and signing seed (from the `GroupSession` snapshot)
+/// never appear in the `Debug` of the session, a `GroupSend`, a `Distribution`, a parsed
+/// `SenderKeyDistribution`, a `MembershipUpdate`, or a hazmat `SenderKeyStep`.
+#[test]
+fn group_types_debug_is_redacted() {
+    use confidant::book::Address;
+    use confidant::group::{GroupId, GroupSession, RotationPolicy, SenderKeyDistribution};
+
+    let mut rng = rng(77);
+    let a = Address {
+        account: IdentityKeyPair::generate(&mut rng).public(),
+        device: 1,
+    };
+    let b = Address {
+        account: IdentityKeyPair::generate(&mut rng).public(),
+        device: 2,
+    };
+    let c = Address {
+        account: IdentityKeyPair::generate(&mut rng).public(),
+        device: 3,
+    };
+    let id = GroupId::random(&mut rng);
+    let mut sender = GroupSession::new(id, a, &[a, b], RotationPolicy::default()).unwrap();
+    let mut receiver = GroupSession::new(id, b, &[a, b], RotationPolicy::default()).unwrap();
+    let now = confidant::Timestamp(1);
+    let sent = sender.encrypt(&mut rng, now, b"first").unwrap();
+    let distribution = sent.distribution.as_ref().unwrap();
+    let parsed = SenderKeyDistribution::from_bytes(&distribution.message).unwrap();
+    receiver.receive_distribution(&a, &parsed).unwrap();
+    // The receiver skips iterations 0..3, so it stores skipped keys too.
+    sender.encrypt(&mut rng, now, b"second").unwrap();
+    sender.encrypt(&mut rng, now, b"third").unwrap();
+    let fourth = sender.encrypt(&mut rng, now, b"fourth").unwrap();
+    receiver
+        .decrypt(
+            &a,
+            &confidant::group::GroupMessage::from_bytes(&fourth.message).unwrap(),
+        )
+        .unwrap();
+    let update = sender.set_members(&[a, b, c]).unwrap();
+    assert!(update.distribution.is_some());
+
+    // The distribution is `0x62 || {1: group id, 2: key id, 3: iteration, 4: chain key, 5:
+    // signing key}`; the sender's snapshot holds the chain key and the signing seed (sending
+    // key, field 6: {3: chain key, 4: seed}); the receiver's holds its chain key and skipped
+    // keys (field 8).
+    let dist = parse_proto(&distribution.message[1..]).unwrap();
+    let mut secrets = len_fields(&dist, 4);
+    let snap = sender.snapshot();
+    let sending = parse_proto(&len_fields(&parse_proto(&snap[1..]).unwrap(), 6)[0]).unwrap();
+    secrets.extend(len_fields(&sending, 3));
+    secrets.extend(len_fields(&sending, 4));
+    let rsnap = receiver.snapshot();
+    for state in len_fields(&parse_proto(&rsnap[1..]).unwrap(), 8) {
+        let state = parse_proto(&state).unwrap();
+        for key in len_fields(&state, 3) {
+            secrets.extend(len_fields(&parse_proto(&key).unwrap(), 3));
+        }
+        for record in len_fields(&state, 4)[0].chunks(40) {
+            secrets.push(record[8..].to_vec());
+        }
+    }
+    assert_eq!(secrets.len(), 7, "chain keys, seed and three skipped keys");
+    let step = hazmat::sender_key_step(&random32(&mut rng));
+    secrets.extend([
+        step.message_key.to_vec(),
+        step.aes_key.to_vec(),
+        step.next_chain_key.to_vec(),
+    ]);
+
+    assert_redacted("GroupSession (sender)", &sender, &secrets);
+    assert_redacted("GroupSession (receiver)", &receiver, &secrets);
+    assert_redacted("GroupSend", &sent, &secrets);
+    assert_redacted("Distribution", distribution, &secrets);
+    assert_redacted("SenderKeyDistribution", &parsed, &secrets);
+    assert_redacted("MembershipUpdate", &update, &secrets);
+    assert_redacted("SenderKeyStep", &step, &secrets);
+}
