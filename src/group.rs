@@ -43,7 +43,8 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::aead;
 use crate::book::Address;
 use crate::codec::{self, DISTRIBUTION_V1, GROUP_MESSAGE_V1, GROUP_SESSION_V1, RepeatedLimit};
-use crate::error::{DecodeError, EncryptError, GroupError, RestoreError};
+pub use crate::error::GroupError;
+use crate::error::{DecodeError, EncryptError, RestoreError};
 use crate::kdf::{ChainKey, MessageKey};
 use crate::keys::IdentityKey;
 use crate::limits::{

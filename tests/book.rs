@@ -484,3 +484,138 @@ fn the_book_refuses_an_older_device_list() {
     assert!(b1.book.apply_device_list(&old).is_err());
     assert!(b1.book.devices().all(|(addr, _)| addr != laptop.address));
 }
+
+/// A sender-key rotation for a group of 100 devices, delivered through `fan_out_to`
+/// (PROTOCOL.md §17.6): one shared body plus one 109-byte pairwise entry per other device,
+/// every member installs the key and reads the group message, and after a removal the next
+/// rotation reaches the 98 remaining devices only. Prints the cost (`--nocapture`).
+#[test]
+fn group_rotation_cost_through_fan_out() {
+    use confidant::group::{GroupError, SenderKeyDistribution};
+    use confidant::group::{GroupId, GroupMessage, GroupSession, RotationPolicy};
+
+    let mut rng = ChaCha20Rng::seed_from_u64(100);
+    let mut me = Account::new(&mut rng, 1);
+    // 99 other devices over 7 accounts.
+    let mut others: Vec<Account> = [15, 14, 14, 14, 14, 14, 14]
+        .iter()
+        .map(|&n| Account::new(&mut rng, n))
+        .collect();
+    let my_list = me.list();
+    let lists: Vec<VerifiedDeviceList> = others.iter_mut().map(Account::list).collect();
+    for l in &lists {
+        me.devices[0].book.apply_device_list(l).unwrap();
+    }
+    let mut sender = me.devices.remove(0);
+    for acct in &mut others {
+        for to in &mut acct.devices {
+            to.book.apply_device_list(&my_list).unwrap();
+            initiate(&mut rng, &mut sender, to);
+            let m = send(&mut sender, &to.address, "setup");
+            assert_eq!(recv(&mut rng, to, &sender.address, &m).unwrap(), "setup");
+            let r = send(to, &sender.address, "ack");
+            assert_eq!(recv(&mut rng, &mut sender, &to.address, &r).unwrap(), "ack");
+        }
+    }
+    let mut members = vec![sender.address];
+    members.extend(
+        others
+            .iter()
+            .flat_map(|a| a.devices.iter().map(|d| d.address)),
+    );
+    assert_eq!(members.len(), 100);
+    let id = GroupId::random(&mut rng);
+    let policy = RotationPolicy::default();
+    let mut group = GroupSession::new(id, sender.address, &members, policy).unwrap();
+    let mut their_groups: Vec<GroupSession> = members[1..]
+        .iter()
+        .map(|a| GroupSession::new(id, *a, &members, policy).unwrap())
+        .collect();
+
+    let mut rotate_and_check = |group: &mut GroupSession,
+                                members: &[Address],
+                                their_groups: &mut [GroupSession],
+                                others: &mut [Account],
+                                text: &[u8]| {
+        let sent = group.encrypt(&mut rng, T, text).unwrap();
+        let distribution = sent.distribution.expect("a new key is distributed");
+        assert_eq!(distribution.recipients.len(), members.len() - 1);
+        let out = sender
+            .book
+            .fan_out_to(&mut rng, &distribution.recipients, &distribution.message)
+            .unwrap();
+        assert!(out.needs_bundle.is_empty());
+        assert_eq!(out.entries.len(), members.len() - 1);
+        assert!(out.entries.iter().all(|(_, e)| e.len() == 109));
+        // Body: leading byte + (distribution + 16-byte tag).
+        assert_eq!(out.body.len(), 1 + distribution.message.len() + 16);
+        let upload = out.body.len() + out.entries.iter().map(|(_, e)| e.len()).sum::<usize>();
+        println!(
+            "rotation to {} devices: {} pairwise entries of 109 B + one {} B body \
+             (distribution {} B); {} B uploaded, {} B delivered per device, group message {} B",
+            members.len(),
+            out.entries.len(),
+            out.body.len(),
+            distribution.message.len(),
+            upload,
+            109 + out.body.len(),
+            sent.message.len()
+        );
+        for (address, entry) in &out.entries {
+            let dev = others
+                .iter_mut()
+                .flat_map(|a| a.devices.iter_mut())
+                .find(|d| d.address == *address)
+                .unwrap();
+            let got = dev
+                .book
+                .receive_fan_out(
+                    &mut rng,
+                    &dev.identity,
+                    &mut dev.prekeys,
+                    &sender.address,
+                    &Message::from_bytes(entry).unwrap(),
+                    &out.body,
+                )
+                .unwrap();
+            let d = SenderKeyDistribution::from_bytes(&got.plaintext).unwrap();
+            let g = their_groups
+                .iter_mut()
+                .find(|g| g.own_address() == *address)
+                .unwrap();
+            g.receive_distribution(&sender.address, &d).unwrap();
+            let m = GroupMessage::from_bytes(&sent.message).unwrap();
+            assert_eq!(&g.decrypt(&sender.address, &m).unwrap()[..], text);
+        }
+        sent.message
+    };
+    rotate_and_check(
+        &mut group,
+        &members,
+        &mut their_groups,
+        &mut others,
+        b"hello 100",
+    );
+
+    // Remove one device: everyone updates the member list; the sender's next message starts a
+    // new key for the 98 remaining devices, which the removed device (keeping its stale
+    // session) cannot read.
+    let removed = members.pop().unwrap();
+    group.set_members(&members).unwrap();
+    for g in their_groups
+        .iter_mut()
+        .filter(|g| g.own_address() != removed)
+    {
+        g.set_members(&members).unwrap();
+    }
+    let message = rotate_and_check(&mut group, &members, &mut their_groups, &mut others, b"bye");
+    let stale = their_groups
+        .iter_mut()
+        .find(|g| g.own_address() == removed)
+        .unwrap();
+    let m = GroupMessage::from_bytes(&message).unwrap();
+    assert!(matches!(
+        stale.decrypt(&sender.address, &m),
+        Err(GroupError::UnknownSenderKey { .. })
+    ));
+}
