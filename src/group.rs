@@ -908,9 +908,20 @@ impl GroupSession {
             ],
         )?;
         let invariant = RestoreError::Invariant;
-        let address = |m: &MemberProto, f| -> Result<Address, RestoreError> {
+        // Each distinct account key is validated once (a point check costs tens of
+        // microseconds; an account's devices share its key).
+        let mut accounts: BTreeMap<Vec<u8>, IdentityKey> = BTreeMap::new();
+        let mut account = |bytes: &[u8], f| -> Result<IdentityKey, RestoreError> {
+            if let Some(key) = accounts.get(bytes) {
+                return Ok(*key);
+            }
+            let key = IdentityKey::from_bytes(bytes).map_err(|_| invariant(f))?;
+            accounts.insert(bytes.to_vec(), key);
+            Ok(key)
+        };
+        let mut address = |m: &MemberProto, f| -> Result<Address, RestoreError> {
             Ok(Address {
-                account: IdentityKey::from_bytes(&m.account_key).map_err(|_| invariant(f))?,
+                account: account(&m.account_key, f)?,
                 device: m.device_id,
             })
         };
@@ -946,11 +957,13 @@ impl GroupSession {
         };
         let mut senders = BTreeMap::new();
         for s in &proto.senders {
-            let sender = Address {
-                account: IdentityKey::from_bytes(&s.account_key)
-                    .map_err(|_| invariant("sender account_key"))?,
-                device: s.device_id,
-            };
+            let sender = address(
+                &MemberProto {
+                    account_key: s.account_key.clone(),
+                    device_id: s.device_id,
+                },
+                "sender account_key",
+            )?;
             if sender == own || !members.contains(&sender) {
                 return Err(invariant("sender not another member"));
             }
