@@ -1036,6 +1036,27 @@ impl fmt::Debug for GroupSession {
     }
 }
 
+/// The member devices of a group whose member accounts have these verified device lists: every
+/// listed device of each account, in address order. Pass the result to
+/// [`GroupSession::set_members`] whenever a member account's list changes, so a device removed
+/// from its account also leaves every group (PROTOCOL.md §17.6).
+#[must_use]
+pub fn member_devices<'a>(
+    lists: impl IntoIterator<Item = &'a crate::device::VerifiedDeviceList>,
+) -> Vec<Address> {
+    let set: BTreeSet<Address> = lists
+        .into_iter()
+        .flat_map(|list| {
+            let account = list.account_key();
+            list.entries().iter().map(move |e| Address {
+                account,
+                device: e.device_id(),
+            })
+        })
+        .collect();
+    set.into_iter().collect()
+}
+
 fn check_members(own: &Address, members: &[Address]) -> Result<BTreeSet<Address>, GroupError> {
     let set: BTreeSet<Address> = members.iter().copied().collect();
     if set.len() > MAX_GROUP_DEVICES {

@@ -517,13 +517,12 @@ fn group_rotation_cost_through_fan_out() {
             assert_eq!(recv(&mut rng, &mut sender, &to.address, &r).unwrap(), "ack");
         }
     }
-    let mut members = vec![sender.address];
-    members.extend(
-        others
-            .iter()
-            .flat_map(|a| a.devices.iter().map(|d| d.address)),
-    );
+    let mut members = confidant::group::member_devices(lists.iter().chain([&my_list]));
     assert_eq!(members.len(), 100);
+    assert!(members.contains(&sender.address));
+    // Keep the sender first (the others' sessions are built from members[1..]).
+    members.retain(|a| *a != sender.address);
+    members.insert(0, sender.address);
     let id = GroupId::random(&mut rng);
     let policy = RotationPolicy::default();
     let mut group = GroupSession::new(id, sender.address, &members, policy).unwrap();
