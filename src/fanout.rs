@@ -15,16 +15,17 @@ use zeroize::Zeroizing;
 use crate::book::{Address, ReceiveError, Received, SessionBook};
 use crate::error::{DecodeError, DecryptError, EncryptError};
 use crate::keys::{IdentityKey, IdentityKeyPair};
-use crate::limits::{MAX_MESSAGE_BYTES, MAX_PLAINTEXT};
+use crate::limits::{MAX_FANOUT_BODY_BYTES, MAX_PLAINTEXT};
+use crate::padding;
 use crate::prekeys::PreKeys;
 use crate::wire::Message;
 
-/// Leading byte of a fan-out body, format version 1.
-const FANOUT_BODY_V1: u8 = 0x51;
+/// Leading byte of a fan-out body, format version 2 (version 1, `0x51`, did not pad).
+const FANOUT_BODY_V2: u8 = 0x52;
 /// Associated data of the body's AEAD (PROTOCOL.md §16.1).
-const BODY_AAD: &[u8] = b"confidant/fanout/v1";
+const BODY_AAD: &[u8] = b"confidant/fanout/v2";
 /// Domain separation of the body digest (PROTOCOL.md §16.1).
-const DIGEST_CONTEXT: &[u8] = b"confidant/fanout/v1/digest";
+const DIGEST_CONTEXT: &[u8] = b"confidant/fanout/v2/digest";
 /// Length of the body digest carried in each key entry.
 pub const FANOUT_DIGEST_LEN: usize = 16;
 /// Length of a key entry's pairwise plaintext: content key `K` (32) `||` digest `D` (16).
@@ -45,18 +46,26 @@ fn digest(body: &[u8]) -> [u8; FANOUT_DIGEST_LEN] {
 }
 
 /// Seals `plaintext` under the content key `key`: returns the body
-/// `0x51 || AES-256-GCM(key, 0^12, BODY_AAD, plaintext)` and the key-entry payload `key || D`
-/// (PROTOCOL.md §16.1). The key must be fresh for every body (the nonce is fixed).
+/// `0x52 || AES-256-GCM(key, 0^12, BODY_AAD, pad(plaintext))` (padding: PROTOCOL.md §18) and
+/// the key-entry payload `key || D` (PROTOCOL.md §16.1). The key must be fresh for every body
+/// (the nonce is fixed).
 pub(crate) fn seal_body(
     key: &[u8; 32],
     plaintext: &[u8],
 ) -> Result<(Vec<u8>, Zeroizing<Vec<u8>>), EncryptError> {
+    if plaintext.len() > MAX_PLAINTEXT {
+        return Err(EncryptError::TooLarge {
+            len: plaintext.len(),
+            limit: MAX_PLAINTEXT,
+        });
+    }
+    let padded = padding::pad(plaintext);
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
     let sealed = cipher
         .encrypt(
             &Nonce::<Aes256Gcm>::from([0u8; 12]),
             Payload {
-                msg: plaintext,
+                msg: &padded,
                 aad: BODY_AAD,
             },
         )
@@ -65,7 +74,7 @@ pub(crate) fn seal_body(
             limit: MAX_PLAINTEXT,
         })?;
     let mut body = Vec::with_capacity(1 + sealed.len());
-    body.push(FANOUT_BODY_V1);
+    body.push(FANOUT_BODY_V2);
     body.extend_from_slice(&sealed);
     let mut payload = Zeroizing::new(Vec::with_capacity(FANOUT_KEY_PAYLOAD_LEN));
     payload.extend_from_slice(key);
@@ -73,14 +82,15 @@ pub(crate) fn seal_body(
     Ok((body, payload))
 }
 
-/// Opens a body with its content key; `None` on a wrong leading byte or AEAD failure.
+/// Opens a body with its content key and removes the padding; `None` on a wrong leading byte,
+/// an AEAD failure or malformed padding.
 fn open_body(key: &[u8; 32], body: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     let sealed = match body.split_first() {
-        Some((&FANOUT_BODY_V1, sealed)) => sealed,
+        Some((&FANOUT_BODY_V2, sealed)) => sealed,
         _ => return None,
     };
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
-    cipher
+    let padded = cipher
         .decrypt(
             &Nonce::<Aes256Gcm>::from([0u8; 12]),
             Payload {
@@ -89,13 +99,14 @@ fn open_body(key: &[u8; 32], body: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
             },
         )
         .ok()
-        .map(Zeroizing::new)
+        .map(Zeroizing::new)?;
+    padding::unpad(&padded)
 }
 
 /// One fan-out: the shared body, one small pairwise message per device with a session, and
 /// the devices that need a bundle first.
 pub struct FanOut {
-    /// The sealed payload, identical for every device (`0x51 || AES-256-GCM ciphertext`).
+    /// The sealed payload, identical for every device (`0x52 || AES-256-GCM ciphertext`).
     pub body: Vec<u8>,
     /// One entry per device with an active session: a pairwise message carrying `K || D`.
     pub entries: Vec<(Address, Vec<u8>)>,
@@ -213,11 +224,11 @@ impl SessionBook {
         entry: &Message,
         body: &[u8],
     ) -> Result<Received, ReceiveError> {
-        if body.len() > MAX_MESSAGE_BYTES {
+        if body.len() > MAX_FANOUT_BODY_BYTES {
             return Err(ReceiveError::Decrypt(DecryptError::Malformed(
                 DecodeError::TooLarge {
                     len: body.len(),
-                    limit: MAX_MESSAGE_BYTES,
+                    limit: MAX_FANOUT_BODY_BYTES,
                 },
             )));
         }

@@ -49,8 +49,9 @@ use crate::kdf::{ChainKey, MessageKey};
 use crate::keys::IdentityKey;
 use crate::limits::{
     MAX_DISTRIBUTION_BYTES, MAX_GROUP_DEVICES, MAX_GROUP_MESSAGE_BYTES, MAX_GROUP_SNAPSHOT_BYTES,
-    MAX_PLAINTEXT, MAX_SENDER_KEY_STATES, MAX_SKIP, MAX_STORED_SKIPPED,
+    MAX_PLAINTEXT, MAX_RETIRED_SENDER_KEYS, MAX_SENDER_KEY_STATES, MAX_SKIP, MAX_STORED_SKIPPED,
 };
+use crate::padding;
 use crate::proto::{
     GroupMessageProto, GroupSessionProto, MemberProto, ReceivingKeyProto,
     SenderKeyDistributionProto, SenderStateProto, SendingKeyProto,
@@ -64,6 +65,8 @@ pub const GROUP_ID_LEN: usize = 16;
 pub const GROUP_SIGNATURE_LEN: usize = 64;
 /// Length of one packed skipped-key record in a snapshot (PROTOCOL.md §17.7).
 const SKIPPED_RECORD_LEN: usize = 40;
+/// Length of one packed retired-key record in a snapshot (PROTOCOL.md §17.7).
+const RETIRED_RECORD_LEN: usize = 36;
 
 /// A group's identifier: 16 bytes chosen by the group's creator (random, or derived by the
 /// application from its own group id). Public: the server sees it on every group message.
@@ -162,7 +165,8 @@ impl fmt::Debug for Distribution {
 pub struct GroupSend {
     /// The group message, identical for every member device (`0x61 || … || signature`).
     pub message: Vec<u8>,
-    /// Set when this send started a new sender key: deliver it to its recipients first.
+    /// Set when this send started a new sender key and there are other member devices:
+    /// deliver it to its recipients first.
     pub distribution: Option<Distribution>,
 }
 
@@ -187,9 +191,15 @@ pub enum KeyStatus {
     /// A new sender key: retry the messages held back with
     /// [`GroupError::UnknownSenderKey`].
     New,
-    /// This sender key was already installed; the state is unchanged (never rewound, so a
-    /// replayed distribution cannot make a decrypted message decrypt again).
+    /// This sender key was already installed (or was installed before and retired); the
+    /// state is unchanged (never rewound, so a replayed distribution cannot make a decrypted
+    /// message decrypt again).
     Known,
+    /// This sender key was installed, and the distribution is more than `MAX_SKIP` iterations
+    /// ahead of it: the key moved forward to the distributed iteration, so a receiver that
+    /// fell too far behind recovers. Messages before that iteration not yet decrypted are
+    /// lost (they were out of reach already).
+    Advanced,
 }
 
 /// A parsed group message (PROTOCOL.md §17.3): routing data readable before any cryptography.
@@ -288,6 +298,18 @@ pub struct SenderKeyDistribution {
     iteration: u32,
     chain: ChainKey,
     signing_key: VerifyingKey,
+    previous: Option<PreviousKey>,
+}
+
+/// The end of the sender's previous key, announced with its successor (PROTOCOL.md §17.4):
+/// the previous key's messages all have iterations below `end`, so a receiver refuses any
+/// later iteration under it (a stolen old key cannot be used to forge after the rotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousKey {
+    /// The previous key's id.
+    pub key_id: u32,
+    /// One past the last iteration sent under it.
+    pub end: u32,
 }
 
 impl SenderKeyDistribution {
@@ -300,6 +322,13 @@ impl SenderKeyDistribution {
         let proto: SenderKeyDistributionProto =
             codec::decode(bytes, DISTRIBUTION_V1, MAX_DISTRIBUTION_BYTES)?;
         let chain = ChainKey::from_bytes(codec::array(&proto.chain_key, "chain_key")?);
+        let previous = match (proto.previous_key_id, proto.previous_end) {
+            (None, None) => None,
+            (Some(key_id), Some(end)) if key_id != proto.key_id => {
+                Some(PreviousKey { key_id, end })
+            }
+            _ => return Err(DecodeError::InvalidField("previous key")),
+        };
         Ok(Self {
             group_id: GroupId::parse(&proto.group_id)?,
             key_id: proto.key_id,
@@ -307,6 +336,7 @@ impl SenderKeyDistribution {
             chain,
             signing_key: parse_verifying_key(&proto.signing_key)
                 .ok_or(DecodeError::InvalidField("signing_key"))?,
+            previous,
         })
     }
 
@@ -319,6 +349,7 @@ impl SenderKeyDistribution {
             self.iteration,
             &self.chain,
             &self.signing_key,
+            self.previous,
         )
     }
 
@@ -345,6 +376,12 @@ impl SenderKeyDistribution {
     pub fn signing_key(&self) -> [u8; 32] {
         self.signing_key.to_bytes()
     }
+
+    /// The end of the sender's previous key, if this key replaced one.
+    #[must_use]
+    pub fn previous_key(&self) -> Option<PreviousKey> {
+        self.previous
+    }
 }
 
 impl fmt::Debug for SenderKeyDistribution {
@@ -358,11 +395,11 @@ impl fmt::Debug for SenderKeyDistribution {
     }
 }
 
-/// A valid, non-small-order Ed25519 public key.
+/// A canonically encoded, valid, non-small-order Ed25519 public key.
 fn parse_verifying_key(bytes: &[u8]) -> Option<VerifyingKey> {
     let bytes: [u8; 32] = bytes.try_into().ok()?;
     let key = VerifyingKey::from_bytes(&bytes).ok()?;
-    (!key.is_weak()).then_some(key)
+    (!key.is_weak() && key.to_edwards().compress().to_bytes() == bytes).then_some(key)
 }
 
 pub(crate) fn encode_distribution(
@@ -371,6 +408,7 @@ pub(crate) fn encode_distribution(
     iteration: u32,
     chain: &ChainKey,
     signing_key: &VerifyingKey,
+    previous: Option<PreviousKey>,
 ) -> Zeroizing<Vec<u8>> {
     codec::encode_secret(
         DISTRIBUTION_V1,
@@ -380,26 +418,43 @@ pub(crate) fn encode_distribution(
             iteration,
             chain_key: chain.as_bytes().to_vec(),
             signing_key: signing_key.to_bytes().to_vec(),
+            previous_key_id: previous.map(|p| p.key_id),
+            previous_end: previous.map(|p| p.end),
         },
     )
 }
 
-/// The AEAD associated data of a group message: `group_id || u32be(key_id) || u32be(iteration)`
-/// (PROTOCOL.md §17.3).
-fn message_aad(group_id: GroupId, key_id: u32, iteration: u32) -> [u8; GROUP_ID_LEN + 8] {
-    let mut aad = [0u8; GROUP_ID_LEN + 8];
-    let (id, counters) = aad.split_at_mut(GROUP_ID_LEN);
-    id.copy_from_slice(&group_id.0);
-    let (k, n) = counters.split_at_mut(4);
-    k.copy_from_slice(&key_id.to_be_bytes());
-    n.copy_from_slice(&iteration.to_be_bytes());
+/// Length of a group message's AEAD associated data.
+const AAD_LEN: usize = GROUP_ID_LEN + 4 + 4 + 32 + 4;
+
+/// The AEAD associated data of a group message (PROTOCOL.md §17.3): `group_id ||
+/// u32be(key_id) || u32be(iteration) || sender account key || u32be(sender device)`. Binding
+/// the sender means a member that re-distributes another member's key as its own cannot pass
+/// that member's messages off as its own.
+fn message_aad(group_id: GroupId, key_id: u32, iteration: u32, sender: &Address) -> [u8; AAD_LEN] {
+    let mut aad = [0u8; AAD_LEN];
+    let parts: [&[u8]; 5] = [
+        &group_id.0,
+        &key_id.to_be_bytes(),
+        &iteration.to_be_bytes(),
+        &sender.account.to_bytes(),
+        &sender.device.to_be_bytes(),
+    ];
+    let mut rest = &mut aad[..];
+    for part in parts {
+        let (head, tail) = rest.split_at_mut(part.len());
+        head.copy_from_slice(part);
+        rest = tail;
+    }
     aad
 }
 
 /// Seals one group message at `iteration` with message key `mk` and signs it
-/// (PROTOCOL.md §17.3): `0x61 || GroupMessageProto || Ed25519(signing, 0x61 || proto)`.
+/// (PROTOCOL.md §17.3): `0x61 || GroupMessageProto || Ed25519(signing, 0x61 || proto)`, the
+/// ciphertext sealing the padded plaintext (PROTOCOL.md §18).
 pub(crate) fn seal_message(
     group_id: GroupId,
+    sender: &Address,
     key_id: u32,
     iteration: u32,
     mk: &MessageKey,
@@ -407,11 +462,16 @@ pub(crate) fn seal_message(
     plaintext: &[u8],
 ) -> Vec<u8> {
     let key = mk.sender_key_aead_key();
+    let padded = padding::pad(plaintext);
     let proto = GroupMessageProto {
         group_id: group_id.0.to_vec(),
         key_id,
         iteration,
-        ciphertext: aead::seal(&key, &message_aad(group_id, key_id, iteration), plaintext),
+        ciphertext: aead::seal(
+            &key,
+            &message_aad(group_id, key_id, iteration, sender),
+            &padded,
+        ),
     };
     let mut out = Vec::with_capacity(1 + prost::Message::encoded_len(&proto) + GROUP_SIGNATURE_LEN);
     out.push(GROUP_MESSAGE_V1);
@@ -419,6 +479,17 @@ pub(crate) fn seal_message(
     let signature = signing.sign(&out);
     out.extend_from_slice(&signature.to_bytes());
     out
+}
+
+/// AES-256-GCM open, then padding removal; either failure is `Unauthenticated`.
+fn open_padded(
+    mk: &MessageKey,
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, GroupError> {
+    let padded = aead::open(&mk.sender_key_aead_key(), aad, ciphertext)
+        .ok_or(GroupError::Unauthenticated)?;
+    padding::unpad(&padded).ok_or(GroupError::Unauthenticated)
 }
 
 /// This device's own sender key.
@@ -429,6 +500,8 @@ struct SendingKey {
     chain: ChainKey,
     signing: SigningKey,
     created_at: Timestamp,
+    /// The key this one replaced, and where it ended.
+    previous: Option<PreviousKey>,
 }
 
 impl SendingKey {
@@ -439,6 +512,7 @@ impl SendingKey {
             self.iteration,
             &self.chain,
             &self.signing.verifying_key(),
+            self.previous,
         )
     }
 }
@@ -450,6 +524,11 @@ struct ReceivingKey {
     iteration: u32,
     chain: ChainKey,
     verifying: VerifyingKey,
+    /// Set once the sender announced this key's successor: no iteration at or beyond it is
+    /// accepted.
+    end: Option<u32>,
+    /// The key this one replaced, as its distribution announced.
+    previous: Option<PreviousKey>,
 }
 
 /// The sender keys of one other member device.
@@ -459,6 +538,60 @@ struct SenderState {
     keys: VecDeque<ReceivingKey>,
     /// Skipped message keys by (key id, iteration), oldest insertion evicted first.
     skipped: SkippedKeys<u32>,
+    /// Keys dropped from `keys` (id, signing key), most recent last, at most
+    /// [`MAX_RETIRED_SENDER_KEYS`]: a retired key is never installed again, so its messages
+    /// cannot decrypt twice.
+    retired: VecDeque<(u32, [u8; 32])>,
+}
+
+impl SenderState {
+    fn retire(&mut self, key: &ReceivingKey) {
+        self.skipped.remove_chain(&key.key_id);
+        self.retired
+            .push_back((key.key_id, key.verifying.to_bytes()));
+        while self.retired.len() > MAX_RETIRED_SENDER_KEYS {
+            self.retired.pop_front();
+        }
+    }
+
+    /// Applies the end of the previous key announced by a distribution.
+    fn end_previous(&mut self, previous: Option<PreviousKey>) {
+        if let Some(p) = previous
+            && let Some(k) = self.keys.iter_mut().find(|k| k.key_id == p.key_id)
+        {
+            k.end = Some(k.end.map_or(p.end, |e| e.min(p.end)));
+        }
+    }
+
+    /// Installs a new key (PROTOCOL.md §17.4): it takes the end its successor announced, if
+    /// that arrived first; then, beyond [`MAX_SENDER_KEY_STATES`], superseded keys (those with
+    /// an end) are dropped first, oldest installed first, so the sender's current key stays
+    /// even when distributions arrive out of order.
+    fn install(&mut self, mut key: ReceivingKey) {
+        let announced = self
+            .keys
+            .iter()
+            .filter_map(|k| k.previous)
+            .filter(|p| p.key_id == key.key_id)
+            .map(|p| p.end)
+            .min();
+        if let Some(end) = announced {
+            key.end = Some(key.end.map_or(end, |e| e.min(end)));
+        }
+        let previous = key.previous;
+        self.keys.push_front(key);
+        self.end_previous(previous);
+        while self.keys.len() > MAX_SENDER_KEY_STATES {
+            let at = self
+                .keys
+                .iter()
+                .rposition(|k| k.end.is_some())
+                .unwrap_or(self.keys.len() - 1);
+            if let Some(old) = self.keys.remove(at) {
+                self.retire(&old);
+            }
+        }
+    }
 }
 
 /// One device's state in one group (PROTOCOL.md §17): its own sender key, the sender keys of
@@ -514,6 +647,18 @@ impl GroupSession {
     /// The current member devices, this one included, in address order.
     pub fn members(&self) -> impl Iterator<Item = &Address> + '_ {
         self.members.iter()
+    }
+
+    /// Whether `device` is a current member (this device included).
+    #[must_use]
+    pub fn is_member(&self, device: &Address) -> bool {
+        self.members.contains(device)
+    }
+
+    /// Whether a sender key of member device `sender` is installed (its messages can be read).
+    #[must_use]
+    pub fn has_sender_key(&self, sender: &Address) -> bool {
+        self.senders.get(sender).is_some_and(|s| !s.keys.is_empty())
     }
 
     /// The rotation policy.
@@ -585,11 +730,13 @@ impl GroupSession {
     }
 
     /// This device's current sender key at its current iteration, for the given member devices
-    /// (other devices are left out): to answer a member that lost its state or never received
-    /// the key. `None` before the first send or while a rotation is pending.
+    /// (other devices are left out): to answer a member that lost its state, fell more than
+    /// `MAX_SKIP` messages behind, or never received the key. `None` before the first send,
+    /// when a rotation is due at `now` (the next send distributes a new key to every member),
+    /// or when no listed device is another current member.
     #[must_use]
-    pub fn distribution_for(&self, recipients: &[Address]) -> Option<Distribution> {
-        if self.rotation_pending {
+    pub fn distribution_for(&self, now: Timestamp, recipients: &[Address]) -> Option<Distribution> {
+        if self.rotation_due(now) {
             return None;
         }
         let key = self.sending.as_ref()?;
@@ -600,7 +747,7 @@ impl GroupSession {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        Some(Distribution {
+        (!recipients.is_empty()).then(|| Distribution {
             recipients,
             message: key.distribution(self.group_id),
         })
@@ -630,23 +777,27 @@ impl GroupSession {
         let mut distribution = None;
         if self.rotation_due(now) {
             let key = self.new_sending_key(rng, now);
-            distribution = Some(Distribution {
-                recipients: self
-                    .members
-                    .iter()
-                    .filter(|a| **a != self.own)
-                    .copied()
-                    .collect(),
-                message: key.distribution(self.group_id),
-            });
+            let recipients: Vec<Address> = self
+                .members
+                .iter()
+                .filter(|a| **a != self.own)
+                .copied()
+                .collect();
+            if !recipients.is_empty() {
+                distribution = Some(Distribution {
+                    recipients,
+                    message: key.distribution(self.group_id),
+                });
+            }
             self.sending = Some(key);
             self.rotation_pending = false;
         }
-        let group_id = self.group_id;
+        let (group_id, own) = (self.group_id, self.own);
         let key = self.sending.as_mut().ok_or(EncryptError::NotReady)?;
         let (mk, next) = key.chain.step();
         let message = seal_message(
             group_id,
+            &own,
             key.key_id,
             key.iteration,
             &mk,
@@ -683,6 +834,10 @@ impl GroupSession {
             chain: ChainKey::from_bytes(chain),
             signing: SigningKey::from_bytes(&seed),
             created_at: now,
+            previous: self.sending.as_ref().map(|p| PreviousKey {
+                key_id: p.key_id,
+                end: p.iteration,
+            }),
         };
         chain.zeroize();
         key
@@ -712,34 +867,48 @@ impl GroupSession {
             return Err(GroupError::NotMember);
         }
         let state = self.senders.entry(*sender).or_default();
+        let signing_key = distribution.signing_key.to_bytes();
+        if state.retired.contains(&(distribution.key_id, signing_key)) {
+            return Ok(KeyStatus::Known);
+        }
         if let Some(at) = state
             .keys
             .iter()
             .position(|k| k.key_id == distribution.key_id)
         {
-            if state
+            if let Some(k) = state
                 .keys
-                .get(at)
-                .is_some_and(|k| k.verifying == distribution.signing_key)
+                .get_mut(at)
+                .filter(|k| k.verifying == distribution.signing_key)
             {
-                return Ok(KeyStatus::Known);
+                // The same key again: never rewound; moved forward only when it is out of
+                // reach (more than MAX_SKIP ahead).
+                let status = if distribution.iteration.saturating_sub(k.iteration) > MAX_SKIP
+                    && k.end.is_none_or(|e| distribution.iteration < e)
+                {
+                    k.chain = distribution.chain.duplicate();
+                    k.iteration = distribution.iteration;
+                    KeyStatus::Advanced
+                } else {
+                    KeyStatus::Known
+                };
+                state.end_previous(distribution.previous);
+                return Ok(status);
             }
             // The sender reused an id for a different key (it lost its state): the new key
             // replaces the old one.
-            state.keys.remove(at);
-            state.skipped.remove_chain(&distribution.key_id);
+            if let Some(old) = state.keys.remove(at) {
+                state.retire(&old);
+            }
         }
-        state.keys.push_front(ReceivingKey {
+        state.install(ReceivingKey {
             key_id: distribution.key_id,
             iteration: distribution.iteration,
             chain: distribution.chain.duplicate(),
             verifying: distribution.signing_key,
+            end: None,
+            previous: distribution.previous,
         });
-        while state.keys.len() > MAX_SENDER_KEY_STATES {
-            if let Some(old) = state.keys.pop_back() {
-                state.skipped.remove_chain(&old.key_id);
-            }
-        }
         Ok(KeyStatus::New)
     }
 
@@ -782,14 +951,17 @@ impl GroupSession {
             .map_err(|_| GroupError::Unauthenticated)?;
 
         let n = message.iteration;
-        let aad = message_aad(self.group_id, message.key_id, n);
+        if key.end.is_some_and(|end| n >= end) {
+            // Beyond the end its sender announced: only a holder of a stolen old key makes this.
+            return Err(GroupError::Unauthenticated);
+        }
+        let aad = message_aad(self.group_id, message.key_id, n, sender);
         if n < key.iteration {
             let mk = state
                 .skipped
                 .get(&message.key_id, n)
                 .ok_or(GroupError::Duplicate { iteration: n })?;
-            let plaintext = aead::open(&mk.sender_key_aead_key(), &aad, &message.ciphertext)
-                .ok_or(GroupError::Unauthenticated)?;
+            let plaintext = open_padded(mk, &aad, &message.ciphertext)?;
             state.skipped.remove(&message.key_id, n);
             return Ok(plaintext);
         }
@@ -814,8 +986,7 @@ impl GroupSession {
             chain = next;
         }
         let (mk, next) = chain.step();
-        let plaintext = aead::open(&mk.sender_key_aead_key(), &aad, &message.ciphertext)
-            .ok_or(GroupError::Unauthenticated)?;
+        let plaintext = open_padded(&mk, &aad, &message.ciphertext)?;
         // Commit.
         key.chain = next;
         key.iteration = next_iteration;
@@ -836,7 +1007,7 @@ impl GroupSession {
             group_id: self.group_id.0.to_vec(),
             own: Some(member(&self.own)),
             members: self.members.iter().map(member).collect(),
-            rotate_after_messages: self.policy.max_messages.unwrap_or(0),
+            rotate_after_messages: self.policy.max_messages,
             rotate_after_ms: self.policy.max_age_ms,
             sending: self.sending.as_ref().map(|k| SendingKeyProto {
                 key_id: k.key_id,
@@ -844,6 +1015,8 @@ impl GroupSession {
                 chain_key: k.chain.as_bytes().to_vec(),
                 signing_seed: k.signing.to_bytes().to_vec(),
                 created_at: k.created_at.0,
+                previous_key_id: k.previous.map(|p| p.key_id),
+                previous_end: k.previous.map(|p| p.end),
             }),
             rotation_pending: self.rotation_pending,
             senders: self
@@ -856,6 +1029,11 @@ impl GroupSession {
                         skipped.extend_from_slice(&n.to_be_bytes());
                         skipped.extend_from_slice(mk.as_bytes());
                     }
+                    let mut retired = Vec::with_capacity(s.retired.len() * RETIRED_RECORD_LEN);
+                    for (key_id, key) in &s.retired {
+                        retired.extend_from_slice(&key_id.to_be_bytes());
+                        retired.extend_from_slice(key);
+                    }
                     SenderStateProto {
                         account_key: a.account.to_bytes().to_vec(),
                         device_id: a.device,
@@ -867,9 +1045,13 @@ impl GroupSession {
                                 iteration: k.iteration,
                                 chain_key: k.chain.as_bytes().to_vec(),
                                 signing_key: k.verifying.to_bytes().to_vec(),
+                                end: k.end,
+                                previous_key_id: k.previous.map(|p| p.key_id),
+                                previous_end: k.previous.map(|p| p.end),
                             })
                             .collect(),
                         skipped,
+                        retired,
                     }
                 })
                 .collect(),
@@ -937,7 +1119,7 @@ impl GroupSession {
             return Err(invariant("own device not a member"));
         }
         let policy = RotationPolicy {
-            max_messages: (proto.rotate_after_messages != 0).then_some(proto.rotate_after_messages),
+            max_messages: proto.rotate_after_messages,
             max_age_ms: proto.rotate_after_ms,
         };
         let sending = match &proto.sending {
@@ -953,6 +1135,13 @@ impl GroupSession {
                         .map_err(|_| invariant("signing_seed"))?,
                 )),
                 created_at: Timestamp(k.created_at),
+                previous: match (k.previous_key_id, k.previous_end) {
+                    (None, None) => None,
+                    (Some(key_id), Some(end)) if key_id != k.key_id => {
+                        Some(PreviousKey { key_id, end })
+                    }
+                    _ => return Err(invariant("previous key")),
+                },
             }),
         };
         let mut senders = BTreeMap::new();
@@ -984,7 +1173,27 @@ impl GroupSession {
                     ),
                     verifying: parse_verifying_key(&k.signing_key)
                         .ok_or(invariant("signing_key"))?,
+                    end: k.end,
+                    previous: match (k.previous_key_id, k.previous_end) {
+                        (None, None) => None,
+                        (Some(key_id), Some(end)) if key_id != k.key_id => {
+                            Some(PreviousKey { key_id, end })
+                        }
+                        _ => return Err(invariant("previous key")),
+                    },
                 });
+            }
+            if s.retired.len() % RETIRED_RECORD_LEN != 0
+                || s.retired.len() / RETIRED_RECORD_LEN > MAX_RETIRED_SENDER_KEYS
+            {
+                return Err(invariant("retired keys"));
+            }
+            for record in s.retired.chunks_exact(RETIRED_RECORD_LEN) {
+                let (key_id, key) = record.split_at(4);
+                state.retired.push_back((
+                    u32::from_be_bytes(codec::array(key_id, "key_id")?),
+                    codec::array(key, "signing_key")?,
+                ));
             }
             if s.skipped.len() % SKIPPED_RECORD_LEN != 0
                 || s.skipped.len() / SKIPPED_RECORD_LEN > MAX_STORED_SKIPPED

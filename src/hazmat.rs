@@ -420,12 +420,14 @@ impl fmt::Debug for SenderKeyStep {
     }
 }
 
-/// A signed group message (PROTOCOL.md §17.3) from explicit inputs: `chain_key` is the chain
-/// key for `iteration`, `signing_seed` the sender key's Ed25519 seed. For vectors; never reuse
+/// A signed group message (PROTOCOL.md §17.3) from explicit inputs: `sender` is the sending
+/// device (bound in the AAD), `chain_key` the chain key for `iteration`, `signing_seed` the
+/// sender key's Ed25519 seed. For vectors; never reuse
 /// a (chain key, iteration) pair for two plaintexts.
 #[must_use]
 pub fn group_seal(
     group_id: crate::group::GroupId,
+    sender: &crate::book::Address,
     key_id: u32,
     iteration: u32,
     chain_key: &[u8; 32],
@@ -434,7 +436,9 @@ pub fn group_seal(
 ) -> Vec<u8> {
     let (mk, _) = crate::kdf::ChainKey::from_bytes(*chain_key).step();
     let signing = ed25519_dalek::SigningKey::from_bytes(signing_seed);
-    crate::group::seal_message(group_id, key_id, iteration, &mk, &signing, plaintext)
+    crate::group::seal_message(
+        group_id, sender, key_id, iteration, &mk, &signing, plaintext,
+    )
 }
 
 /// The Ed25519 public key of a sender key's signing seed.
@@ -453,6 +457,7 @@ pub fn sender_key_distribution(
     iteration: u32,
     chain_key: &[u8; 32],
     signing_seed: &[u8; 32],
+    previous: Option<crate::group::PreviousKey>,
 ) -> Zeroizing<Vec<u8>> {
     crate::group::encode_distribution(
         group_id,
@@ -460,5 +465,6 @@ pub fn sender_key_distribution(
         iteration,
         &crate::kdf::ChainKey::from_bytes(*chain_key),
         &ed25519_dalek::SigningKey::from_bytes(signing_seed).verifying_key(),
+        previous,
     )
 }

@@ -60,6 +60,7 @@ mod kdf;
 mod kem;
 mod keys;
 pub mod limits;
+pub mod padding;
 mod prekeys;
 mod proto;
 mod ratchet;

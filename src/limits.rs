@@ -69,9 +69,14 @@ pub const MAX_GROUP_DEVICES: usize = 2048;
 /// Sender keys kept per sender device in a group: the current one and up to four earlier ones,
 /// so messages in flight across a rotation still decrypt (libsignal keeps 5; PROTOCOL.md §17.5).
 pub const MAX_SENDER_KEY_STATES: usize = 5;
-/// Largest group message accepted by the decoder: [`MAX_PLAINTEXT`] plus the header, tag and
-/// signature.
-pub const MAX_GROUP_MESSAGE_BYTES: usize = MAX_PLAINTEXT + 1024;
+/// Retired sender keys remembered per sender device, so a key that left the
+/// [`MAX_SENDER_KEY_STATES`] window is never installed again (PROTOCOL.md §17.4).
+pub const MAX_RETIRED_SENDER_KEYS: usize = 32;
+/// Largest group message accepted by the decoder: the padded [`MAX_PLAINTEXT`] plus the header,
+/// tag and signature.
+pub const MAX_GROUP_MESSAGE_BYTES: usize = crate::padding::MAX_PADDED_LEN + 1024;
+/// Largest fan-out body accepted: the padded [`MAX_PLAINTEXT`], the leading byte and the tag.
+pub const MAX_FANOUT_BODY_BYTES: usize = crate::padding::MAX_PADDED_LEN + 64;
 /// Largest sender-key distribution message accepted by the decoder.
 pub const MAX_DISTRIBUTION_BYTES: usize = 256;
 /// Largest group session snapshot accepted by `GroupSession::restore`: room for

@@ -400,7 +400,8 @@ pub struct GroupMessageProto {
     pub ciphertext: Vec<u8>,
 }
 
-/// A sender-key distribution message (travels inside a pairwise session). Next tag: 6.
+/// A sender-key distribution message (travels inside a pairwise session). Next tag: 8. Tags 6
+/// and 7 are set together or not at all.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SenderKeyDistributionProto {
     #[prost(bytes = "vec", tag = "1")]
@@ -413,6 +414,10 @@ pub struct SenderKeyDistributionProto {
     pub chain_key: Vec<u8>,
     #[prost(bytes = "vec", tag = "5")]
     pub signing_key: Vec<u8>,
+    #[prost(uint32, optional, tag = "6")]
+    pub previous_key_id: Option<u32>,
+    #[prost(uint32, optional, tag = "7")]
+    pub previous_end: Option<u32>,
 }
 
 impl Drop for SenderKeyDistributionProto {
@@ -430,7 +435,7 @@ pub struct MemberProto {
     pub device_id: u32,
 }
 
-/// This device's own sender key. Next tag: 6.
+/// This device's own sender key. Next tag: 8.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SendingKeyProto {
     #[prost(uint32, tag = "1")]
@@ -443,6 +448,10 @@ pub struct SendingKeyProto {
     pub signing_seed: Vec<u8>,
     #[prost(uint64, tag = "5")]
     pub created_at: u64,
+    #[prost(uint32, optional, tag = "6")]
+    pub previous_key_id: Option<u32>,
+    #[prost(uint32, optional, tag = "7")]
+    pub previous_end: Option<u32>,
 }
 
 impl Drop for SendingKeyProto {
@@ -452,7 +461,7 @@ impl Drop for SendingKeyProto {
     }
 }
 
-/// A received sender key. Next tag: 5.
+/// A received sender key. Next tag: 8. Tags 6 and 7 are set together or not at all.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ReceivingKeyProto {
     #[prost(uint32, tag = "1")]
@@ -463,6 +472,12 @@ pub struct ReceivingKeyProto {
     pub chain_key: Vec<u8>,
     #[prost(bytes = "vec", tag = "4")]
     pub signing_key: Vec<u8>,
+    #[prost(uint32, optional, tag = "5")]
+    pub end: Option<u32>,
+    #[prost(uint32, optional, tag = "6")]
+    pub previous_key_id: Option<u32>,
+    #[prost(uint32, optional, tag = "7")]
+    pub previous_end: Option<u32>,
 }
 
 impl Drop for ReceivingKeyProto {
@@ -471,7 +486,7 @@ impl Drop for ReceivingKeyProto {
     }
 }
 
-/// Another member device's sender keys. Next tag: 5.
+/// Another member device's sender keys. Next tag: 6.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SenderStateProto {
     #[prost(bytes = "vec", tag = "1")]
@@ -485,6 +500,9 @@ pub struct SenderStateProto {
     /// `u32be(key_id) || u32be(iteration) || message_key`.
     #[prost(bytes = "vec", tag = "4")]
     pub skipped: Vec<u8>,
+    /// Retired keys, oldest first, as packed 36-byte records `u32be(key_id) || signing_key`.
+    #[prost(bytes = "vec", tag = "5")]
+    pub retired: Vec<u8>,
 }
 
 impl Drop for SenderStateProto {
@@ -493,7 +511,7 @@ impl Drop for SenderStateProto {
     }
 }
 
-/// A group session snapshot. Next tag: 10.
+/// A group session snapshot. Next tag: 9.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct GroupSessionProto {
     #[prost(bytes = "vec", tag = "1")]
@@ -502,9 +520,8 @@ pub struct GroupSessionProto {
     pub own: Option<MemberProto>,
     #[prost(message, repeated, tag = "3")]
     pub members: Vec<MemberProto>,
-    /// 0: no count limit.
-    #[prost(uint32, tag = "4")]
-    pub rotate_after_messages: u32,
+    #[prost(uint32, optional, tag = "4")]
+    pub rotate_after_messages: Option<u32>,
     #[prost(uint64, optional, tag = "5")]
     pub rotate_after_ms: Option<u64>,
     #[prost(message, optional, tag = "6")]

@@ -546,8 +546,11 @@ fn group_rotation_cost_through_fan_out() {
         assert!(out.needs_bundle.is_empty());
         assert_eq!(out.entries.len(), members.len() - 1);
         assert!(out.entries.iter().all(|(_, e)| e.len() == 109));
-        // Body: leading byte + (distribution + 16-byte tag).
-        assert_eq!(out.body.len(), 1 + distribution.message.len() + 16);
+        // Body: leading byte + (padded distribution + 16-byte tag).
+        assert_eq!(
+            out.body.len(),
+            1 + confidant::padding::padded_len(distribution.message.len()) + 16
+        );
         let upload = out.body.len() + out.entries.iter().map(|(_, e)| e.len()).sum::<usize>();
         println!(
             "rotation to {} devices: {} pairwise entries of 109 B + one {} B body \

@@ -31,7 +31,8 @@ use std::path::{Path, PathBuf};
 use confidant::book::Address;
 use confidant::device::{DeviceEntry, DeviceList, LinkRequest, VerifiedDeviceList};
 use confidant::group::{
-    GroupId, GroupMessage, GroupSession, KeyStatus, RotationPolicy, SenderKeyDistribution,
+    GroupId, GroupMessage, GroupSession, KeyStatus, PreviousKey, RotationPolicy,
+    SenderKeyDistribution,
 };
 use confidant::hazmat::{self, Ratchet};
 use confidant::{
@@ -1410,9 +1411,9 @@ fn regenerate_device_lists() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fan-out bodies (PROTOCOL.md §16): profile `confidant-fanout/v1`, type `fanout_body`.
+// Fan-out bodies (PROTOCOL.md §16): profile `confidant-fanout/v2`, type `fanout_body`.
 
-const FANOUT_PROFILE: &str = "confidant-fanout/v1";
+const FANOUT_PROFILE: &str = "confidant-fanout/v2";
 
 fn documents_of(profile: &str, ty: &str) -> Vec<Value> {
     let mut out = Vec::new();
@@ -1435,9 +1436,10 @@ fn documents_of(profile: &str, ty: &str) -> Vec<Value> {
     out
 }
 
-/// Each vector: `content_key`, `plaintext` → `body` (0x51 || AES-256-GCM(K, 0^12,
-/// "confidant/fanout/v1", plaintext)), `digest` (SHA-256("confidant/fanout/v1/digest" ||
-/// body)[0..16]) and `key_payload` (K || digest), all re-derived byte for byte.
+/// Each vector: `content_key`, `plaintext` → `body` (0x52 || AES-256-GCM(K, 0^12,
+/// "confidant/fanout/v2", pad(plaintext))), `digest` (SHA-256("confidant/fanout/v2/digest" ||
+/// body)[0..16]) and `key_payload` (K || digest), all re-derived byte for byte; the body is
+/// also opened with the `aes-gcm` crate directly and its padding checked (PROTOCOL.md §18).
 #[test]
 fn fanout_body_vectors() {
     let vectors = documents_of(FANOUT_PROFILE, "fanout_body");
@@ -1461,7 +1463,31 @@ fn fanout_body_vectors() {
             v["digest"].as_str().unwrap(),
             "{n}: digest"
         );
-        let mut ctx = b"confidant/fanout/v1/digest".to_vec();
+        let padded = {
+            use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+            let cipher = aes_gcm::Aes256Gcm::new(&h32(v, "content_key").into());
+            cipher
+                .decrypt(
+                    &Nonce::<aes_gcm::Aes256Gcm>::from([0u8; 12]),
+                    Payload {
+                        msg: &body[1..],
+                        aad: b"confidant/fanout/v2",
+                    },
+                )
+                .unwrap()
+        };
+        let content = h(v, "plaintext");
+        assert_eq!(body[0], 0x52, "{n}: leading byte");
+        assert_eq!(
+            padded.len(),
+            v["padded_len"].as_u64().unwrap() as usize,
+            "{n}"
+        );
+        assert_eq!(padded.len(), confidant::padding::padded_len(content.len()));
+        assert_eq!(&padded[..content.len()], &content[..], "{n}: content");
+        assert_eq!(padded[content.len()], 0x80, "{n}: delimiter");
+        assert!(padded[content.len() + 1..].iter().all(|&b| b == 0), "{n}");
+        let mut ctx = b"confidant/fanout/v2/digest".to_vec();
         ctx.extend_from_slice(&body);
         let full = sha2_digest(&ctx);
         assert_eq!(
@@ -1488,6 +1514,8 @@ fn regenerate_fanout() {
     let vectors: Vec<Value> = [
         ("fanout-empty", 0usize),
         ("fanout-one-byte", 1),
+        ("fanout-255-bytes", 255),
+        ("fanout-256-bytes", 256),
         ("fanout-1kib", 1024),
     ]
     .iter()
@@ -1498,6 +1526,7 @@ fn regenerate_fanout() {
         rng.fill_bytes(&mut plaintext);
         let (body, payload) = hazmat::fanout_seal(&key, &plaintext).unwrap();
         json!({"name": name, "content_key": hex::encode(key), "plaintext": hex::encode(&plaintext),
+                   "padded_len": confidant::padding::padded_len(plaintext.len()),
                    "body": hex::encode(&body), "digest": hex::encode(&payload[32..]),
                    "key_payload": hex::encode(&payload[..])})
     })
@@ -1593,6 +1622,10 @@ fn sender_key_vectors() {
         let key_id = u32::try_from(v["key_id"].as_u64().unwrap()).unwrap();
         let start = u32::try_from(v["iteration"].as_u64().unwrap()).unwrap();
         let seed = h32(v, "signing_seed");
+        let sender = Address {
+            account: IdentityKey::from_bytes(&h(v, "sender_account")).unwrap(),
+            device: u32::try_from(v["sender_device"].as_u64().unwrap()).unwrap(),
+        };
         assert_eq!(
             hazmat::sender_key_signing_public(&seed),
             h32(v, "signing_public"),
@@ -1649,7 +1682,18 @@ fn sender_key_vectors() {
 
         // The distribution.
         let dist_bytes = h(v, "distribution");
-        let made = hazmat::sender_key_distribution(gid, key_id, start, &h32(v, "chain_key"), &seed);
+        let previous = v["previous_key"].as_object().map(|p| PreviousKey {
+            key_id: u32::try_from(p["key_id"].as_u64().unwrap()).unwrap(),
+            end: u32::try_from(p["end"].as_u64().unwrap()).unwrap(),
+        });
+        let made = hazmat::sender_key_distribution(
+            gid,
+            key_id,
+            start,
+            &h32(v, "chain_key"),
+            &seed,
+            previous,
+        );
         assert_eq!(
             hex::encode(&made[..]),
             hex::encode(&dist_bytes),
@@ -1661,9 +1705,10 @@ fn sender_key_vectors() {
                 dist.group_id(),
                 dist.key_id(),
                 dist.iteration(),
-                dist.signing_key()
+                dist.signing_key(),
+                dist.previous_key()
             ),
-            (gid, key_id, start, h32(v, "signing_public")),
+            (gid, key_id, start, h32(v, "signing_public"), previous),
             "{n}: distribution fields"
         );
 
@@ -1672,7 +1717,8 @@ fn sender_key_vectors() {
         for m in messages {
             let it = u32::try_from(m["iteration"].as_u64().unwrap()).unwrap();
             let ck = chain_keys[usize::try_from(it - start).unwrap()];
-            let sealed = hazmat::group_seal(gid, key_id, it, &ck, &seed, &h(m, "plaintext"));
+            let sealed =
+                hazmat::group_seal(gid, &sender, key_id, it, &ck, &seed, &h(m, "plaintext"));
             assert_eq!(
                 hex::encode(&sealed),
                 m["message"].as_str().unwrap(),
@@ -1685,10 +1731,6 @@ fn sender_key_vectors() {
             );
         }
 
-        let sender = Address {
-            account: IdentityKeyPair::from_seed(&[1; 32]).public(),
-            device: 1,
-        };
         let receiver = Address {
             account: IdentityKeyPair::from_seed(&[2; 32]).public(),
             device: 1,
@@ -1696,7 +1738,7 @@ fn sender_key_vectors() {
         let policy = RotationPolicy::on_removal_only();
 
         // The sending side, through the public API, when the vector starts a fresh key.
-        if start == 0 {
+        if start == 0 && previous.is_none() {
             let mut script = h(v, "chain_key");
             script.extend_from_slice(&seed);
             script.extend_from_slice(&key_id.to_be_bytes());
@@ -1768,6 +1810,8 @@ fn sender_key_vectors() {
 
 struct SenderKeyCase {
     name: &'static str,
+    /// The end of the previous key (its id is `key_id - 1`), when this key replaced one.
+    previous_end: Option<u32>,
     /// The iteration the distribution starts at (0: a fresh key).
     start: u32,
     /// Plaintext lengths of the messages, at iterations start, start+1, …
@@ -1790,12 +1834,21 @@ enum Delivery {
 
 const SENDER_KEY_CASES: &[SenderKeyCase] = &[
     SenderKeyCase {
+        previous_end: Some(42),
+        name: "sender-key-successor",
+        start: 0,
+        lengths: &[3],
+        deliveries: &[Delivery::Send(0), Delivery::Send(0)],
+    },
+    SenderKeyCase {
+        previous_end: None,
         name: "sender-key-in-order",
         start: 0,
         lengths: &[0, 1, 13],
         deliveries: &[Delivery::Send(0), Delivery::Send(1), Delivery::Send(2)],
     },
     SenderKeyCase {
+        previous_end: None,
         name: "sender-key-out-of-order-and-duplicate",
         start: 0,
         lengths: &[5, 6, 7, 8, 9],
@@ -1810,18 +1863,21 @@ const SENDER_KEY_CASES: &[SenderKeyCase] = &[
         ],
     },
     SenderKeyCase {
+        previous_end: None,
         name: "sender-key-1kib",
         start: 0,
         lengths: &[1024],
         deliveries: &[Delivery::Send(0)],
     },
     SenderKeyCase {
+        previous_end: None,
         name: "sender-key-late-joiner",
         start: 7,
         lengths: &[11, 12],
         deliveries: &[Delivery::BeforeJoin, Delivery::Send(1), Delivery::Send(0)],
     },
     SenderKeyCase {
+        previous_end: None,
         name: "sender-key-tampered",
         start: 0,
         lengths: &[20, 21],
@@ -1837,12 +1893,24 @@ const SENDER_KEY_CASES: &[SenderKeyCase] = &[
     },
 ];
 
+/// The sending device of every sender-key vector.
+fn vector_sender() -> Address {
+    Address {
+        account: IdentityKeyPair::from_seed(&[1; 32]).public(),
+        device: 1,
+    }
+}
+
 fn gen_sender_key(case: &SenderKeyCase) -> Value {
     let mut rng = seeded(case.name);
     let mut gid = [0u8; 16];
     rng.fill_bytes(&mut gid);
     let gid = GroupId::from_bytes(gid);
     let key_id = rng.next_u32();
+    let previous = case.previous_end.map(|end| PreviousKey {
+        key_id: key_id.wrapping_sub(1),
+        end,
+    });
     let seed = rand32(&mut rng);
     let foreign_seed = rand32(&mut rng);
     let mut ck = rand32(&mut rng);
@@ -1857,7 +1925,15 @@ fn gen_sender_key(case: &SenderKeyCase) -> Value {
         let earlier = ck;
         let out = hazmat::sender_key_step(&earlier);
         ck = *out.next_chain_key;
-        hazmat::group_seal(gid, key_id, case.start - 1, &earlier, &seed, b"before join")
+        hazmat::group_seal(
+            gid,
+            &vector_sender(),
+            key_id,
+            case.start - 1,
+            &earlier,
+            &seed,
+            b"before join",
+        )
     });
     let start_ck = ck;
     let mut chain = Vec::new();
@@ -1869,7 +1945,7 @@ fn gen_sender_key(case: &SenderKeyCase) -> Value {
         chain.push(json!({"iteration": it, "chain_key": hex::encode(ck),
             "message_key": hex::encode(*out.message_key), "aes_key": hex::encode(*out.aes_key),
             "nonce": hex::encode(out.nonce), "next_chain_key": hex::encode(*out.next_chain_key)}));
-        let m = hazmat::group_seal(gid, key_id, it, &ck, &seed, p);
+        let m = hazmat::group_seal(gid, &vector_sender(), key_id, it, &ck, &seed, p);
         messages.push(
             json!({"iteration": it, "plaintext": hex::encode(p), "message": hex::encode(&m)}),
         );
@@ -1901,7 +1977,7 @@ fn gen_sender_key(case: &SenderKeyCase) -> Value {
                 let ck_i = hazmat::sender_key_step(&start_ck);
                 let ck_i = if i == 0 { start_ck } else { *ck_i.next_chain_key };
                 assert!(i <= 1);
-                let m = hazmat::group_seal(gid, key_id, it, &ck_i, &foreign_seed, &plaintexts[i]);
+                let m = hazmat::group_seal(gid, &vector_sender(), key_id, it, &ck_i, &foreign_seed, &plaintexts[i]);
                 json!({"message": hex::encode(&m), "plaintext": null, "expect_error": "unauthenticated"})
             }
             Delivery::BeforeJoin => json!({"message": hex::encode(before_join.as_ref().unwrap()),
@@ -1917,7 +1993,10 @@ fn gen_sender_key(case: &SenderKeyCase) -> Value {
         "iteration": case.start,
         "chain_key": hex::encode(start_ck),
         "chain": chain,
-        "distribution": hex::encode(&hazmat::sender_key_distribution(gid, key_id, case.start, &start_ck, &seed)[..]),
+        "sender_account": hex::encode(vector_sender().account.to_bytes()),
+        "sender_device": vector_sender().device,
+        "previous_key": previous.map(|p| json!({"key_id": p.key_id, "end": p.end})),
+        "distribution": hex::encode(&hazmat::sender_key_distribution(gid, key_id, case.start, &start_ck, &seed, previous)[..]),
         "messages": messages,
         "deliveries": deliveries,
     })
