@@ -166,6 +166,11 @@ impl SessionBook {
         self.devices.iter().map(|(a, d)| (*a, d.active.is_some()))
     }
 
+    /// The listed identity key of `device`.
+    pub(crate) fn device_identity(&self, device: &Address) -> Option<IdentityKey> {
+        self.devices.get(device).map(|d| d.device_key)
+    }
+
     /// Installs a session this device initiated (PROTOCOL.md §15.3): it becomes active and the
     /// previous active session is archived.
     ///

@@ -31,6 +31,17 @@ pub(crate) const GROUP_MESSAGE_V1: u8 = 0x61;
 /// Sender-key distribution message, format version 1 (PROTOCOL.md §17.4).
 pub(crate) const DISTRIBUTION_V1: u8 = 0x62;
 
+/// Envelope, format version 1 (PROTOCOL.md §19.1).
+pub(crate) const ENVELOPE_V1: u8 = 0x71;
+/// Multi-recipient sealed upload, format version 1 (PROTOCOL.md §19.4).
+pub(crate) const SEALED_UPLOAD_V1: u8 = 0x72;
+/// Multi-recipient fan-out upload, format version 1 (PROTOCOL.md §19.4).
+pub(crate) const FANOUT_UPLOAD_V1: u8 = 0x73;
+/// Server certificate, format version 1 (PROTOCOL.md §19.2).
+pub(crate) const SERVER_CERTIFICATE_V1: u8 = 0x81;
+/// Sender certificate, format version 1 (PROTOCOL.md §19.2).
+pub(crate) const SENDER_CERTIFICATE_V1: u8 = 0x82;
+
 /// Checks the size limit and leading byte, then decodes the protobuf body.
 pub(crate) fn decode<M: prost::Message + Default>(
     bytes: &[u8],

@@ -355,3 +355,52 @@ pub enum GroupError {
         limit: usize,
     },
 }
+
+/// Why a sender certificate was refused (PROTOCOL.md §19.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CertificateError {
+    /// The certificate (or the server certificate inside it) could not be decoded.
+    #[error("malformed certificate: {0}")]
+    Malformed(#[from] DecodeError),
+    /// A signature did not verify: not signed by the trusted root, or not by the certified
+    /// server key.
+    #[error("certificate failed authentication")]
+    Unauthenticated,
+    /// The certificate expired.
+    #[error("certificate expired at {expires:?} (now {now:?})")]
+    Expired {
+        /// The certificate's expiry.
+        expires: crate::time::Timestamp,
+        /// The time given to the check.
+        now: crate::time::Timestamp,
+    },
+    /// The server key that signed it was revoked.
+    #[error("server key {key_id} is revoked")]
+    Revoked {
+        /// The revoked server key id.
+        key_id: u32,
+    },
+}
+
+/// Why a sealed envelope was not opened (PROTOCOL.md §19.3). Nothing changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SealedError {
+    /// An outer field is malformed.
+    #[error("malformed sealed envelope: {0}")]
+    Malformed(#[from] DecodeError),
+    /// Any cryptographic failure: not sealed to this device, a tampered header, body or
+    /// entry, an authentication tag that does not match the certified sender.
+    #[error("sealed envelope failed authentication")]
+    Unauthenticated,
+    /// The sender certificate was refused.
+    #[error("sender certificate refused: {0}")]
+    Certificate(#[from] CertificateError),
+    /// The certified sender is not a device of any verified device list known here.
+    #[error("unknown sender device")]
+    UnknownSender,
+    /// The certified identity key differs from the one the device list gives for the sender.
+    #[error("certificate identity does not match the sender's device key")]
+    IdentityMismatch,
+}

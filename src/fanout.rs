@@ -13,11 +13,13 @@ use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::book::{Address, ReceiveError, Received, SessionBook};
+use crate::codec::{self, FANOUT_UPLOAD_V1};
 use crate::error::{DecodeError, DecryptError, EncryptError};
 use crate::keys::{IdentityKey, IdentityKeyPair};
 use crate::limits::{MAX_FANOUT_BODY_BYTES, MAX_PLAINTEXT};
 use crate::padding;
 use crate::prekeys::PreKeys;
+use crate::proto::{UploadAccountProto, UploadDeviceProto, UploadProto};
 use crate::wire::Message;
 
 /// Leading byte of a fan-out body, format version 2 (version 1, `0x51`, did not pad).
@@ -124,6 +126,43 @@ impl fmt::Debug for FanOut {
             .field("entries", &self.entries.len())
             .field("needs_bundle", &self.needs_bundle)
             .finish()
+    }
+}
+
+impl FanOut {
+    /// The multi-recipient upload for the server (`0x73`, PROTOCOL.md §19.4): the sender, the
+    /// body once, and each device's key entry, grouped by account. The server splits it with
+    /// [`crate::server::split_upload`] into one [`crate::envelope::Envelope`] per device.
+    #[must_use]
+    pub fn to_upload(&self, sender: &Address) -> Vec<u8> {
+        let mut entries: Vec<&(Address, Vec<u8>)> = self.entries.iter().collect();
+        entries.sort_by_key(|(a, _)| *a);
+        let mut accounts: Vec<UploadAccountProto> = Vec::new();
+        for (address, entry) in entries {
+            let device = UploadDeviceProto {
+                device: address.device,
+                message: entry.clone(),
+                entry: Vec::new(),
+            };
+            let account = address.account.to_bytes().to_vec();
+            match accounts.last_mut() {
+                Some(last) if last.account == account => last.devices.push(device),
+                _ => accounts.push(UploadAccountProto {
+                    account,
+                    devices: vec![device],
+                }),
+            }
+        }
+        codec::encode(
+            FANOUT_UPLOAD_V1,
+            &UploadProto {
+                ephemeral: Vec::new(),
+                body: self.body.clone(),
+                accounts,
+                sender_account: Some(sender.account.to_bytes().to_vec()),
+                sender_device: Some(sender.device),
+            },
+        )
     }
 }
 

@@ -49,7 +49,8 @@ use crate::kdf::{ChainKey, MessageKey};
 use crate::keys::IdentityKey;
 use crate::limits::{
     MAX_DISTRIBUTION_BYTES, MAX_GROUP_DEVICES, MAX_GROUP_MESSAGE_BYTES, MAX_GROUP_SNAPSHOT_BYTES,
-    MAX_PLAINTEXT, MAX_RETIRED_SENDER_KEYS, MAX_SENDER_KEY_STATES, MAX_SKIP, MAX_STORED_SKIPPED,
+    MAX_PLAINTEXT, MAX_RETIRED_SENDER_KEYS, MAX_SENDER_KEY_STATES, MAX_SENDER_RECORDS, MAX_SKIP,
+    MAX_STORED_SKIPPED,
 };
 use crate::padding;
 use crate::proto::{
@@ -299,6 +300,7 @@ pub struct SenderKeyDistribution {
     chain: ChainKey,
     signing_key: VerifyingKey,
     previous: Option<PreviousKey>,
+    lineage: u32,
 }
 
 /// The end of the sender's previous key, announced with its successor (PROTOCOL.md §17.4):
@@ -337,6 +339,7 @@ impl SenderKeyDistribution {
             signing_key: parse_verifying_key(&proto.signing_key)
                 .ok_or(DecodeError::InvalidField("signing_key"))?,
             previous,
+            lineage: proto.lineage,
         })
     }
 
@@ -350,6 +353,7 @@ impl SenderKeyDistribution {
             &self.chain,
             &self.signing_key,
             self.previous,
+            self.lineage,
         )
     }
 
@@ -382,6 +386,13 @@ impl SenderKeyDistribution {
     pub fn previous_key(&self) -> Option<PreviousKey> {
         self.previous
     }
+
+    /// The sender's key lineage: the id of the first key of the sender's group session. Keys
+    /// of one lineage have consecutive ids; a new lineage means the sender started over.
+    #[must_use]
+    pub fn lineage(&self) -> u32 {
+        self.lineage
+    }
 }
 
 impl fmt::Debug for SenderKeyDistribution {
@@ -409,6 +420,7 @@ pub(crate) fn encode_distribution(
     chain: &ChainKey,
     signing_key: &VerifyingKey,
     previous: Option<PreviousKey>,
+    lineage: u32,
 ) -> Zeroizing<Vec<u8>> {
     codec::encode_secret(
         DISTRIBUTION_V1,
@@ -420,6 +432,7 @@ pub(crate) fn encode_distribution(
             signing_key: signing_key.to_bytes().to_vec(),
             previous_key_id: previous.map(|p| p.key_id),
             previous_end: previous.map(|p| p.end),
+            lineage,
         },
     )
 }
@@ -502,6 +515,8 @@ struct SendingKey {
     created_at: Timestamp,
     /// The key this one replaced, and where it ended.
     previous: Option<PreviousKey>,
+    /// The id of this session's first key.
+    lineage: u32,
 }
 
 impl SendingKey {
@@ -513,6 +528,7 @@ impl SendingKey {
             &self.chain,
             &self.signing.verifying_key(),
             self.previous,
+            self.lineage,
         )
     }
 }
@@ -529,6 +545,8 @@ struct ReceivingKey {
     end: Option<u32>,
     /// The key this one replaced, as its distribution announced.
     previous: Option<PreviousKey>,
+    /// Its lineage (PROTOCOL.md §17.4).
+    lineage: u32,
 }
 
 /// The sender keys of one other member device.
@@ -567,7 +585,19 @@ impl SenderState {
     /// that arrived first; then, beyond [`MAX_SENDER_KEY_STATES`], superseded keys (those with
     /// an end) are dropped first, oldest installed first, so the sender's current key stays
     /// even when distributions arrive out of order.
-    fn install(&mut self, mut key: ReceivingKey) {
+    fn install(&mut self, mut key: ReceivingKey) -> bool {
+        if self.keys.front().is_some_and(|k| k.lineage != key.lineage) {
+            // The sender started over (a new lineage): keys of other lineages can only have
+            // messages in flight, so they end within MAX_SKIP of where they are.
+            for k in self
+                .keys
+                .iter_mut()
+                .filter(|k| k.end.is_none() && k.lineage != key.lineage)
+            {
+                k.end = Some(k.iteration.saturating_add(MAX_SKIP));
+            }
+        }
+        let key_id = key.key_id;
         let announced = self
             .keys
             .iter()
@@ -582,15 +612,42 @@ impl SenderState {
         self.keys.push_front(key);
         self.end_previous(previous);
         while self.keys.len() > MAX_SENDER_KEY_STATES {
-            let at = self
-                .keys
-                .iter()
-                .rposition(|k| k.end.is_some())
-                .unwrap_or(self.keys.len() - 1);
+            let at = self.eviction_candidate();
             if let Some(old) = self.keys.remove(at) {
                 self.retire(&old);
             }
         }
+        self.keys.iter().any(|k| k.key_id == key_id)
+    }
+
+    /// The key to drop when over [`MAX_SENDER_KEY_STATES`] (PROTOCOL.md §17.4): the oldest
+    /// installed superseded key (one with an end); if none, the oldest installed key other than
+    /// the newest of the most recently installed key's lineage (within a lineage, key ids
+    /// follow each other from the lineage id).
+    fn eviction_candidate(&self) -> usize {
+        if let Some(at) = self.keys.iter().rposition(|k| k.end.is_some()) {
+            return at;
+        }
+        let lineage = self.keys.front().map_or(0, |k| k.lineage);
+        let newest = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.lineage == lineage)
+            .max_by_key(|(_, k)| k.key_id.wrapping_sub(lineage))
+            .map_or(0, |(i, _)| i);
+        (0..self.keys.len())
+            .rev()
+            .find(|&i| i != newest)
+            .unwrap_or(0)
+    }
+
+    /// Retires every key (the sender left the group); the retired records stay.
+    fn retire_all(&mut self) {
+        while let Some(key) = self.keys.pop_back() {
+            self.retire(&key);
+        }
+        self.skipped = SkippedKeys::default();
     }
 }
 
@@ -688,7 +745,17 @@ impl GroupSession {
         let added: Vec<Address> = members.difference(&self.members).copied().collect();
         let removed: Vec<Address> = self.members.difference(&members).copied().collect();
         for device in &removed {
-            self.senders.remove(device);
+            // Its keys are retired, not forgotten: a delayed distribution of one of them can
+            // never be installed again, even if the device rejoins.
+            if let Some(state) = self.senders.get_mut(device) {
+                state.retire_all();
+            }
+        }
+        while self.senders.len() > MAX_SENDER_RECORDS {
+            let Some(former) = self.senders.keys().find(|a| !members.contains(a)).copied() else {
+                break;
+            };
+            self.senders.remove(&former);
         }
         if !removed.is_empty() {
             self.rotation_pending = true;
@@ -723,10 +790,11 @@ impl GroupSession {
         self.rotation_pending
             || key.iteration == u32::MAX
             || self.policy.max_messages.is_some_and(|m| key.iteration >= m)
-            || self
-                .policy
-                .max_age_ms
-                .is_some_and(|age| now.0.saturating_sub(key.created_at.0) >= age)
+            || self.policy.max_age_ms.is_some_and(|age| {
+                // A key stamped more than `age` in the future (a clock glitch) also rotates.
+                now.0.saturating_sub(key.created_at.0) >= age
+                    || key.created_at.0.saturating_sub(now.0) > age
+            })
     }
 
     /// This device's current sender key at its current iteration, for the given member devices
@@ -838,6 +906,7 @@ impl GroupSession {
                 key_id: p.key_id,
                 end: p.iteration,
             }),
+            lineage: self.sending.as_ref().map_or(key_id, |p| p.lineage),
         };
         chain.zeroize();
         key
@@ -901,15 +970,21 @@ impl GroupSession {
                 state.retire(&old);
             }
         }
-        state.install(ReceivingKey {
+        let kept = state.install(ReceivingKey {
             key_id: distribution.key_id,
             iteration: distribution.iteration,
             chain: distribution.chain.duplicate(),
             verifying: distribution.signing_key,
             end: None,
             previous: distribution.previous,
+            lineage: distribution.lineage,
         });
-        Ok(KeyStatus::New)
+        // A stale key that was retired at once is as good as known.
+        Ok(if kept {
+            KeyStatus::New
+        } else {
+            KeyStatus::Known
+        })
     }
 
     /// Decrypts a group message from member device `sender` (PROTOCOL.md §17.5). The signature
@@ -1017,6 +1092,7 @@ impl GroupSession {
                 created_at: k.created_at.0,
                 previous_key_id: k.previous.map(|p| p.key_id),
                 previous_end: k.previous.map(|p| p.end),
+                lineage: k.lineage,
             }),
             rotation_pending: self.rotation_pending,
             senders: self
@@ -1048,6 +1124,7 @@ impl GroupSession {
                                 end: k.end,
                                 previous_key_id: k.previous.map(|p| p.key_id),
                                 previous_end: k.previous.map(|p| p.end),
+                                lineage: k.lineage,
                             })
                             .collect(),
                         skipped,
@@ -1078,7 +1155,7 @@ impl GroupSession {
                 RepeatedLimit {
                     path: &[],
                     tag: 8,
-                    max: MAX_GROUP_DEVICES,
+                    max: MAX_SENDER_RECORDS,
                     field: "senders",
                 },
                 RepeatedLimit {
@@ -1142,6 +1219,7 @@ impl GroupSession {
                     }
                     _ => return Err(invariant("previous key")),
                 },
+                lineage: k.lineage,
             }),
         };
         let mut senders = BTreeMap::new();
@@ -1153,10 +1231,12 @@ impl GroupSession {
                 },
                 "sender account_key",
             )?;
-            if sender == own || !members.contains(&sender) {
+            // A former member keeps only its retired records.
+            let former = !members.contains(&sender);
+            if sender == own || (former && (!s.keys.is_empty() || !s.skipped.is_empty())) {
                 return Err(invariant("sender not another member"));
             }
-            if s.keys.is_empty() || s.keys.len() > MAX_SENDER_KEY_STATES {
+            if s.keys.len() > MAX_SENDER_KEY_STATES {
                 return Err(invariant("sender key count"));
             }
             let mut state = SenderState::default();
@@ -1181,6 +1261,7 @@ impl GroupSession {
                         }
                         _ => return Err(invariant("previous key")),
                     },
+                    lineage: k.lineage,
                 });
             }
             if s.retired.len() % RETIRED_RECORD_LEN != 0
@@ -1190,10 +1271,18 @@ impl GroupSession {
             }
             for record in s.retired.chunks_exact(RETIRED_RECORD_LEN) {
                 let (key_id, key) = record.split_at(4);
-                state.retired.push_back((
+                let retired = (
                     u32::from_be_bytes(codec::array(key_id, "key_id")?),
                     codec::array(key, "signing_key")?,
-                ));
+                );
+                let held = state
+                    .keys
+                    .iter()
+                    .any(|k| (k.key_id, k.verifying.to_bytes()) == retired);
+                if held || state.retired.contains(&retired) {
+                    return Err(invariant("retired key held or repeated"));
+                }
+                state.retired.push_back(retired);
             }
             if s.skipped.len() % SKIPPED_RECORD_LEN != 0
                 || s.skipped.len() / SKIPPED_RECORD_LEN > MAX_STORED_SKIPPED

@@ -458,6 +458,7 @@ pub fn sender_key_distribution(
     chain_key: &[u8; 32],
     signing_seed: &[u8; 32],
     previous: Option<crate::group::PreviousKey>,
+    lineage: u32,
 ) -> Zeroizing<Vec<u8>> {
     crate::group::encode_distribution(
         group_id,
@@ -466,5 +467,6 @@ pub fn sender_key_distribution(
         &crate::kdf::ChainKey::from_bytes(*chain_key),
         &ed25519_dalek::SigningKey::from_bytes(signing_seed).verifying_key(),
         previous,
+        lineage,
     )
 }

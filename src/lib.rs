@@ -50,8 +50,11 @@
 mod aead;
 pub mod book;
 mod bundle;
+pub mod certificate;
 mod codec;
+pub mod content;
 pub mod device;
+pub mod envelope;
 mod error;
 pub mod fanout;
 pub mod group;
@@ -64,6 +67,7 @@ pub mod padding;
 mod prekeys;
 mod proto;
 mod ratchet;
+pub mod sealed;
 pub mod server;
 mod session;
 mod skipped;
@@ -75,8 +79,8 @@ pub use bundle::{
     KemPreKeyPublic, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic, VerifiedBundle,
 };
 pub use error::{
-    BundleError, DecodeError, DecryptError, DeviceListError, EncryptError, GroupError,
-    HandshakeError, KeyError, PreKeyError, RestoreError, UploadError,
+    BundleError, CertificateError, DecodeError, DecryptError, DeviceListError, EncryptError,
+    GroupError, HandshakeError, KeyError, PreKeyError, RestoreError, SealedError, UploadError,
 };
 pub use kem::{KEM_CIPHERTEXT_LEN, KEM_PUBLIC_KEY_LEN, KemPublicKey};
 pub use keys::{IdentityKey, IdentityKeyPair, PublicKey};

@@ -72,6 +72,10 @@ pub const MAX_SENDER_KEY_STATES: usize = 5;
 /// Retired sender keys remembered per sender device, so a key that left the
 /// [`MAX_SENDER_KEY_STATES`] window is never installed again (PROTOCOL.md §17.4).
 pub const MAX_RETIRED_SENDER_KEYS: usize = 32;
+/// Sender records a group session keeps: current members' and former members' (whose retired
+/// keys are remembered so they can never be installed again; the oldest former members are
+/// forgotten first beyond this).
+pub const MAX_SENDER_RECORDS: usize = 2 * MAX_GROUP_DEVICES;
 /// Largest group message accepted by the decoder: the padded [`MAX_PLAINTEXT`] plus the header,
 /// tag and signature.
 pub const MAX_GROUP_MESSAGE_BYTES: usize = crate::padding::MAX_PADDED_LEN + 1024;
@@ -84,3 +88,17 @@ pub const MAX_DISTRIBUTION_BYTES: usize = 256;
 /// [`MAX_STORED_SKIPPED`] skipped keys of 40 bytes (PROTOCOL.md §17.7). A group without
 /// skipped keys needs about 120 bytes per member device.
 pub const MAX_GROUP_SNAPSHOT_BYTES: usize = 192 * 1024 * 1024;
+/// Largest sealed content (PROTOCOL.md §19.3): a sender certificate and the largest inner
+/// message (a group message), before padding.
+pub const MAX_SEALED_CONTENT_BYTES: usize = MAX_GROUP_MESSAGE_BYTES + 1024;
+/// Largest sealed body: the padded sealed content and its tag.
+pub const MAX_SEALED_BODY_BYTES: usize = crate::padding::padded_len(MAX_SEALED_CONTENT_BYTES) + 16;
+/// Largest sealed per-recipient entry: a pairwise message and its tag.
+pub const MAX_SEALED_ENTRY_BYTES: usize = MAX_MESSAGE_BYTES + 16;
+/// Largest envelope accepted by `Envelope::from_bytes` (PROTOCOL.md §19.1).
+pub const MAX_ENVELOPE_BYTES: usize = MAX_SEALED_BODY_BYTES + MAX_SEALED_ENTRY_BYTES + 1024;
+/// Most recipient devices in one multi-recipient upload (PROTOCOL.md §19.4).
+pub const MAX_UPLOAD_RECIPIENTS: usize = MAX_GROUP_DEVICES;
+/// Largest multi-recipient upload accepted by the server helpers: a body and, per recipient, a
+/// header, routing data and a fan-out key entry (up to an initial message's size).
+pub const MAX_SEALED_UPLOAD_BYTES: usize = 64 * 1024 * 1024;

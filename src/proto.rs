@@ -400,7 +400,7 @@ pub struct GroupMessageProto {
     pub ciphertext: Vec<u8>,
 }
 
-/// A sender-key distribution message (travels inside a pairwise session). Next tag: 8. Tags 6
+/// A sender-key distribution message (travels inside a pairwise session). Next tag: 9. Tags 6
 /// and 7 are set together or not at all.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SenderKeyDistributionProto {
@@ -418,6 +418,8 @@ pub struct SenderKeyDistributionProto {
     pub previous_key_id: Option<u32>,
     #[prost(uint32, optional, tag = "7")]
     pub previous_end: Option<u32>,
+    #[prost(uint32, tag = "8")]
+    pub lineage: u32,
 }
 
 impl Drop for SenderKeyDistributionProto {
@@ -435,7 +437,7 @@ pub struct MemberProto {
     pub device_id: u32,
 }
 
-/// This device's own sender key. Next tag: 8.
+/// This device's own sender key. Next tag: 9.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SendingKeyProto {
     #[prost(uint32, tag = "1")]
@@ -452,6 +454,8 @@ pub struct SendingKeyProto {
     pub previous_key_id: Option<u32>,
     #[prost(uint32, optional, tag = "7")]
     pub previous_end: Option<u32>,
+    #[prost(uint32, tag = "8")]
+    pub lineage: u32,
 }
 
 impl Drop for SendingKeyProto {
@@ -461,7 +465,7 @@ impl Drop for SendingKeyProto {
     }
 }
 
-/// A received sender key. Next tag: 8. Tags 6 and 7 are set together or not at all.
+/// A received sender key. Next tag: 9. Tags 6 and 7 are set together or not at all.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ReceivingKeyProto {
     #[prost(uint32, tag = "1")]
@@ -478,6 +482,8 @@ pub struct ReceivingKeyProto {
     pub previous_key_id: Option<u32>,
     #[prost(uint32, optional, tag = "7")]
     pub previous_end: Option<u32>,
+    #[prost(uint32, tag = "8")]
+    pub lineage: u32,
 }
 
 impl Drop for ReceivingKeyProto {
@@ -530,4 +536,113 @@ pub struct GroupSessionProto {
     pub rotation_pending: bool,
     #[prost(message, repeated, tag = "8")]
     pub senders: Vec<SenderStateProto>,
+}
+
+// ---- Sealed sender (PROTOCOL.md §19) ---------------------------------------------------------
+
+/// A server certificate's body, before the root's signature. Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerCertificateProto {
+    #[prost(uint32, tag = "1")]
+    pub key_id: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+}
+
+/// A sender certificate's body, before the server key's signature. Next tag: 6.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SenderCertificateProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub account_key: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub device_id: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub identity_key: Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub expires: u64,
+    #[prost(bytes = "vec", tag = "5")]
+    pub server_certificate: Vec<u8>,
+}
+
+/// An envelope (PROTOCOL.md §19.1). Next tag: 10. Tags 4 and 5 are set exactly for unsealed
+/// kinds; 8 and 9 only for sealed ones.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EnvelopeProto {
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub recipient_account: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub recipient_device: u32,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub sender_account: Option<Vec<u8>>,
+    #[prost(uint32, optional, tag = "5")]
+    pub sender_device: Option<u32>,
+    /// PreKey/Ratchet/Group: the message; FanOut: the key entry; Sealed: `C || AT`.
+    #[prost(bytes = "vec", tag = "6")]
+    pub message: Vec<u8>,
+    /// FanOut: the shared body; Sealed: the sealed body.
+    #[prost(bytes = "vec", tag = "7")]
+    pub body: Vec<u8>,
+    /// Sealed: the ephemeral key `E`.
+    #[prost(bytes = "vec", tag = "8")]
+    pub ephemeral: Vec<u8>,
+    /// Sealed: the sealed key entry (may be empty).
+    #[prost(bytes = "vec", tag = "9")]
+    pub entry: Vec<u8>,
+}
+
+/// The plaintext of a sealed body, before padding (PROTOCOL.md §19.3). Next tag: 4.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SealedContentProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub sender_certificate: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub kind: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub content: Vec<u8>,
+}
+
+/// One recipient device of a multi-recipient upload. Next tag: 4.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UploadDeviceProto {
+    #[prost(uint32, tag = "1")]
+    pub device: u32,
+    /// Sealed: `C || AT`; fan-out: the key entry.
+    #[prost(bytes = "vec", tag = "2")]
+    pub message: Vec<u8>,
+    /// Sealed: the sealed key entry (may be empty).
+    #[prost(bytes = "vec", tag = "3")]
+    pub entry: Vec<u8>,
+}
+
+/// The recipient devices of one account. Next tag: 3.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UploadAccountProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub account: Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    pub devices: Vec<UploadDeviceProto>,
+}
+
+/// A multi-recipient upload (PROTOCOL.md §19.4): sealed (`0x72`) or fan-out (`0x73`). Next
+/// tag: 6. Tag 4 (the sender) is set exactly for fan-out uploads, tag 1 exactly for sealed.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UploadProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub ephemeral: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub body: Vec<u8>,
+    #[prost(message, repeated, tag = "3")]
+    pub accounts: Vec<UploadAccountProto>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub sender_account: Option<Vec<u8>>,
+    #[prost(uint32, optional, tag = "5")]
+    pub sender_device: Option<u32>,
+}
+
+impl Drop for SealedContentProto {
+    fn drop(&mut self) {
+        self.content.zeroize();
+    }
 }

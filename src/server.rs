@@ -4,8 +4,10 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
+use crate::book::Address;
 use crate::bundle::{self, KemPreKeyPublic, OneTimePreKeyPublic, PreKeyBundle, SignedPreKeyPublic};
-use crate::codec::{self, RepeatedLimit, UPLOAD_V1};
+use crate::codec::{self, FANOUT_UPLOAD_V1, RepeatedLimit, SEALED_UPLOAD_V1, UPLOAD_V1};
+use crate::envelope::{Envelope, EnvelopeContent, SealedEnvelope};
 use crate::error::{DecodeError, UploadError};
 use crate::keys::IdentityKey;
 use crate::limits::{
@@ -13,7 +15,11 @@ use crate::limits::{
     MAX_SERVER_ONE_TIME_PREKEYS, MAX_UPLOAD_BYTES, MAX_UPLOAD_ONE_TIME_KEM_PREKEYS,
     MAX_UPLOAD_ONE_TIME_PREKEYS,
 };
-use crate::proto::PreKeyUploadProto;
+use crate::limits::{
+    MAX_FANOUT_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_SEALED_BODY_BYTES, MAX_SEALED_ENTRY_BYTES,
+    MAX_SEALED_UPLOAD_BYTES, MAX_UPLOAD_RECIPIENTS,
+};
+use crate::proto::{PreKeyUploadProto, UploadProto};
 
 /// What a device uploads to the key server (PROTOCOL.md §7.1, §13.6): its identity key,
 /// current signed prekey, optionally its current last-resort KEM prekey, and batches of
@@ -428,5 +434,142 @@ fn too_many(e: DecodeError) -> UploadError {
     match e {
         DecodeError::TooMany { count, limit, .. } => UploadError::TooMany { count, limit },
         other => UploadError::Decode(other),
+    }
+}
+
+/// Issues a sender certificate (PROTOCOL.md §19.2) for device `device_id` of the account whose
+/// verified device list is `list`, valid until `expires`: the device must be listed, so the key
+/// server never certifies a key the account did not sign. `None` if the device is not listed.
+#[must_use]
+pub fn issue_sender_certificate(
+    server: &crate::keys::IdentityKeyPair,
+    server_certificate: &[u8],
+    list: &crate::device::VerifiedDeviceList,
+    device_id: u32,
+    expires: crate::time::Timestamp,
+) -> Option<Vec<u8>> {
+    let identity_key = list.device_key(device_id)?;
+    Some(crate::certificate::SenderCertificate::issue(
+        server,
+        server_certificate,
+        Address {
+            account: list.account_key(),
+            device: device_id,
+        },
+        &identity_key,
+        expires,
+    ))
+}
+
+/// Splits a multi-recipient upload (PROTOCOL.md §19.4) into one envelope per recipient device,
+/// without any key: a sealed upload (`0x72`) into [`EnvelopeContent::Sealed`] envelopes sharing
+/// its body, a fan-out upload (`0x73`) into [`EnvelopeContent::FanOut`] envelopes from its
+/// sender. The server must check that a fan-out upload's sender is the authenticated client.
+/// Every envelope passes [`Envelope::from_bytes`]'s checks.
+///
+/// # Errors
+/// [`DecodeError`]: malformed, oversized, too many recipients, a duplicate recipient, or a
+/// field of the wrong kind.
+pub fn split_upload(bytes: &[u8]) -> Result<Vec<Envelope>, DecodeError> {
+    let limits = [
+        RepeatedLimit {
+            path: &[],
+            tag: 3,
+            max: MAX_UPLOAD_RECIPIENTS,
+            field: "accounts",
+        },
+        RepeatedLimit {
+            path: &[3],
+            tag: 2,
+            max: MAX_UPLOAD_RECIPIENTS,
+            field: "devices",
+        },
+    ];
+    let sealed = bytes.first() == Some(&SEALED_UPLOAD_V1);
+    let leading = if sealed {
+        SEALED_UPLOAD_V1
+    } else {
+        FANOUT_UPLOAD_V1
+    };
+    let proto: UploadProto =
+        codec::decode_counted(bytes, leading, MAX_SEALED_UPLOAD_BYTES, &limits)?;
+    let sender = match (&proto.sender_account, proto.sender_device, sealed) {
+        (None, None, true) => None,
+        (Some(account), Some(device), false) => Some(Address {
+            account: IdentityKey::from_bytes(account)
+                .map_err(|_| DecodeError::InvalidField("sender_account"))?,
+            device,
+        }),
+        _ => return Err(DecodeError::InvalidField("sender")),
+    };
+    let ephemeral: Option<[u8; 32]> = if sealed {
+        Some(codec::array(&proto.ephemeral, "ephemeral")?)
+    } else if proto.ephemeral.is_empty() {
+        None
+    } else {
+        return Err(DecodeError::InvalidField("ephemeral"));
+    };
+    let body_limit = if sealed {
+        MAX_SEALED_BODY_BYTES
+    } else {
+        MAX_FANOUT_BODY_BYTES
+    };
+    if proto.body.len() > body_limit {
+        return Err(DecodeError::InvalidField("body"));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for account in &proto.accounts {
+        let key = IdentityKey::from_bytes(&account.account)
+            .map_err(|_| DecodeError::InvalidField("account"))?;
+        for device in &account.devices {
+            let recipient = Address {
+                account: key,
+                device: device.device,
+            };
+            if !seen.insert(recipient) {
+                return Err(DecodeError::InvalidField("duplicate recipient"));
+            }
+            let content = match (ephemeral, sender) {
+                (Some(ephemeral), None) => {
+                    if device.entry.len() > MAX_SEALED_ENTRY_BYTES {
+                        return Err(DecodeError::InvalidField("entry"));
+                    }
+                    EnvelopeContent::Sealed(SealedEnvelope {
+                        ephemeral,
+                        header: codec::array(&device.message, "header")?,
+                        entry: device.entry.clone(),
+                        body: proto.body.clone(),
+                    })
+                }
+                (None, Some(sender)) => {
+                    if device.message.len() > MAX_MESSAGE_BYTES || !device.entry.is_empty() {
+                        return Err(DecodeError::InvalidField("entry"));
+                    }
+                    EnvelopeContent::FanOut {
+                        sender,
+                        entry: device.message.clone(),
+                        body: proto.body.clone(),
+                    }
+                }
+                _ => return Err(DecodeError::InvalidField("upload")),
+            };
+            out.push(Envelope { recipient, content });
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a sealed envelope's outer fields only (PROTOCOL.md §19.1): what a server can check
+/// without any key. [`Envelope::from_bytes`] already enforces it; this names it for key
+/// servers that store envelopes they did not split themselves.
+///
+/// # Errors
+/// [`DecodeError`] if the bytes are not a well-formed sealed envelope.
+pub fn validate_sealed_envelope(bytes: &[u8]) -> Result<Address, DecodeError> {
+    let envelope = Envelope::from_bytes(bytes)?;
+    match envelope.content {
+        EnvelopeContent::Sealed(_) => Ok(envelope.recipient),
+        _ => Err(DecodeError::InvalidField("kind")),
     }
 }

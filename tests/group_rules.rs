@@ -104,7 +104,7 @@ fn a_rotation_ends_the_previous_key() {
     let mut at_b = GroupSession::new(id, b, &[a, b], RotationPolicy::on_removal_only()).unwrap();
     // A's first key, built from explicit secrets so a thief can hold a copy of them.
     let (ck1, seed1, key1) = ([7u8; 32], [8u8; 32], 100u32);
-    let d1 = hazmat::sender_key_distribution(id, key1, 0, &ck1, &seed1, None);
+    let d1 = hazmat::sender_key_distribution(id, key1, 0, &ck1, &seed1, None, key1);
     at_b.receive_distribution(&a, &dist(&d1)).unwrap();
     let mut chain = vec![ck1];
     for _ in 0..6 {
@@ -131,6 +131,7 @@ fn a_rotation_ends_the_previous_key() {
             key_id: key1,
             end: 3,
         }),
+        key1,
     );
     assert_eq!(
         at_b.receive_distribution(&a, &dist(&d2)),
@@ -329,8 +330,8 @@ fn snapshots_keep_the_policy_exactly() {
 fn distributions_with_malformed_keys_are_refused() {
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let id = GroupId::random(&mut rng);
-    let good = hazmat::sender_key_distribution(id, 1, 0, &[1; 32], &[2; 32], None);
-    // The signing key is the last field: 0x2a (field 5), length 32, key.
+    let good = hazmat::sender_key_distribution(id, 1, 0, &[1; 32], &[2; 32], None, 0);
+    // With lineage 0 (omitted), the signing key is the last field: 0x2a (field 5), length 32.
     let at = good.len() - 32;
     assert_eq!(good[at - 2..at], [0x2a, 32]);
     let mut non_canonical = good.to_vec();
@@ -353,6 +354,119 @@ fn distributions_with_malformed_keys_are_refused() {
         &[1; 32],
         &[2; 32],
         Some(PreviousKey { key_id: 1, end: 5 }),
+        1,
     );
     assert!(SenderKeyDistribution::from_bytes(&same).is_err());
+}
+
+#[test]
+fn keys_of_a_removed_sender_stay_retired_when_it_rejoins() {
+    let mut t = trio(8);
+    let first = t.at_a.encrypt(&mut t.rng, NOW, b"m0").unwrap();
+    let withheld = first.distribution.unwrap();
+    // B got the key through a resend at a later iteration (the first distribution was held
+    // back), read a message, then A left and rejoined.
+    for _ in 0..3 {
+        t.at_a.encrypt(&mut t.rng, NOW, b"more").unwrap();
+    }
+    let resend = t.at_a.distribution_for(NOW, &[t.b]).unwrap();
+    t.at_b
+        .receive_distribution(&t.a, &dist(&resend.message))
+        .unwrap();
+    let m4 = t.at_a.encrypt(&mut t.rng, NOW, b"m4").unwrap();
+    assert_eq!(&t.at_b.decrypt(&t.a, &msg(&m4.message)).unwrap()[..], b"m4");
+    t.at_b.set_members(&[t.b, t.m]).unwrap();
+    t.at_b.set_members(&[t.a, t.b, t.m]).unwrap();
+    assert!(!t.at_b.has_sender_key(&t.a));
+    // The withheld distribution finally arrives: nothing is installed, m4 cannot replay.
+    assert_eq!(
+        t.at_b.receive_distribution(&t.a, &dist(&withheld.message)),
+        Ok(KeyStatus::Known)
+    );
+    assert!(t.at_b.decrypt(&t.a, &msg(&m4.message)).is_err());
+    // Also across a snapshot.
+    let mut restored = GroupSession::restore(&t.at_b.snapshot()).unwrap();
+    assert_eq!(
+        restored.receive_distribution(&t.a, &dist(&withheld.message)),
+        Ok(KeyStatus::Known)
+    );
+}
+
+#[test]
+fn a_sender_that_starts_over_ends_its_old_keys() {
+    let mut t = trio(9);
+    let id = t.at_a.group_id();
+    // A's old state: a key built from explicit secrets (so a thief can hold a copy).
+    let (ck, seed, key) = ([3u8; 32], [4u8; 32], 500u32);
+    let old = hazmat::sender_key_distribution(id, key, 0, &ck, &seed, None, key);
+    t.at_b.receive_distribution(&t.a, &dist(&old)).unwrap();
+    let mut chain = vec![ck];
+    for _ in 0..1100 {
+        chain.push(*hazmat::sender_key_step(chain.last().unwrap()).next_chain_key);
+    }
+    let seal = |it: usize| hazmat::group_seal(id, &t.a, key, it as u32, &chain[it], &seed, b"old");
+    t.at_b.decrypt(&t.a, &msg(&seal(0))).unwrap();
+    // A loses its state and starts over with a new session: a new lineage.
+    let mut fresh =
+        GroupSession::new(id, t.a, &[t.a, t.b, t.m], RotationPolicy::default()).unwrap();
+    let sent = fresh.encrypt(&mut t.rng, NOW, b"new").unwrap();
+    let d = dist(&sent.distribution.unwrap().message);
+    assert_ne!(d.lineage(), key);
+    assert_eq!(t.at_b.receive_distribution(&t.a, &d), Ok(KeyStatus::New));
+    assert_eq!(
+        &t.at_b.decrypt(&t.a, &msg(&sent.message)).unwrap()[..],
+        b"new"
+    );
+    // The old key still reads messages in flight, but not beyond MAX_SKIP past where it was.
+    t.at_b.decrypt(&t.a, &msg(&seal(5))).unwrap();
+    assert_eq!(
+        t.at_b.decrypt(&t.a, &msg(&seal(1 + 1000))),
+        Err(GroupError::Unauthenticated)
+    );
+    // And it is the first to go once the new lineage rotates.
+    for _ in 0..5 {
+        fresh.rotate();
+        let s = fresh.encrypt(&mut t.rng, NOW, b"r").unwrap();
+        t.at_b
+            .receive_distribution(&t.a, &dist(&s.distribution.unwrap().message))
+            .unwrap();
+        assert_eq!(&t.at_b.decrypt(&t.a, &msg(&s.message)).unwrap()[..], b"r");
+    }
+    assert!(matches!(
+        t.at_b.decrypt(&t.a, &msg(&seal(6))),
+        Err(GroupError::UnknownSenderKey { .. })
+    ));
+}
+
+#[test]
+fn out_of_order_distributions_never_evict_the_current_key() {
+    let mut t = trio(10);
+    let mut sent = Vec::new();
+    for i in 0..12 {
+        if i > 0 {
+            t.at_a.rotate();
+        }
+        let s = t
+            .at_a
+            .encrypt(&mut t.rng, NOW, format!("k{i}").as_bytes())
+            .unwrap();
+        sent.push((s.distribution.unwrap().message.to_vec(), s.message));
+    }
+    // The newest key arrives first, then five older, non-consecutive ones.
+    let order = [11usize, 1, 3, 5, 7, 0];
+    for &i in &order {
+        t.at_b
+            .receive_distribution(&t.a, &dist(&sent[i].0))
+            .unwrap();
+    }
+    assert_eq!(
+        &t.at_b.decrypt(&t.a, &msg(&sent[11].1)).unwrap()[..],
+        b"k11"
+    );
+    let next = t.at_a.encrypt(&mut t.rng, NOW, b"still k11").unwrap();
+    assert!(next.distribution.is_none());
+    assert_eq!(
+        &t.at_b.decrypt(&t.a, &msg(&next.message)).unwrap()[..],
+        b"still k11"
+    );
 }

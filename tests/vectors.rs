@@ -1554,6 +1554,19 @@ fn identity_key_rejects_bad_points() {
 
 const SENDER_KEY_PROFILE: &str = "confidant-sender-key/v1";
 
+/// The group message body as PROTOCOL.md §17.3 defines it, written independently of the crate.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GroupMessageWire {
+    #[prost(bytes = "vec", tag = "1")]
+    group_id: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    key_id: u32,
+    #[prost(uint32, tag = "3")]
+    iteration: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    ciphertext: Vec<u8>,
+}
+
 /// Serves a fixed byte stream to `fill_bytes`, in order (any request size); asking for more is
 /// a test failure.
 struct ByteStreamRng {
@@ -1611,7 +1624,7 @@ fn group_error_kind(e: &GroupError) -> &'static str {
 fn sender_key_vectors() {
     let vectors = documents_of(SENDER_KEY_PROFILE, "sender_key");
     assert!(
-        vectors.len() >= 5,
+        vectors.len() >= 6,
         "only {} sender_key vectors",
         vectors.len()
     );
@@ -1686,6 +1699,7 @@ fn sender_key_vectors() {
             key_id: u32::try_from(p["key_id"].as_u64().unwrap()).unwrap(),
             end: u32::try_from(p["end"].as_u64().unwrap()).unwrap(),
         });
+        let lineage = u32::try_from(v["lineage"].as_u64().unwrap()).unwrap();
         let made = hazmat::sender_key_distribution(
             gid,
             key_id,
@@ -1693,6 +1707,7 @@ fn sender_key_vectors() {
             &h32(v, "chain_key"),
             &seed,
             previous,
+            lineage,
         );
         assert_eq!(
             hex::encode(&made[..]),
@@ -1706,9 +1721,17 @@ fn sender_key_vectors() {
                 dist.key_id(),
                 dist.iteration(),
                 dist.signing_key(),
-                dist.previous_key()
+                dist.previous_key(),
+                dist.lineage()
             ),
-            (gid, key_id, start, h32(v, "signing_public"), previous),
+            (
+                gid,
+                key_id,
+                start,
+                h32(v, "signing_public"),
+                previous,
+                lineage
+            ),
             "{n}: distribution fields"
         );
 
@@ -1724,6 +1747,44 @@ fn sender_key_vectors() {
                 m["message"].as_str().unwrap(),
                 "{n}: message {it}"
             );
+            // Independently: the ciphertext (field 4 of the body between the leading byte and
+            // the 64-byte signature) opens with the aes-gcm crate under HKDF(HMAC(CK, 01)) and
+            // the 60-byte AAD, and holds the padded plaintext (PROTOCOL.md §17.3, §18).
+            let body = <GroupMessageWire as prost::Message>::decode(&sealed[1..sealed.len() - 64])
+                .unwrap();
+            let mk = hmac_sha256(&ck, &[0x01]);
+            let mut okm = [0u8; 44];
+            hkdf::Hkdf::<sha2::Sha256>::new(Some(&[0u8; 32]), &mk)
+                .expand(b"confidant/sender-key/v1/message", &mut okm)
+                .unwrap();
+            let mut aad = gid.to_bytes().to_vec();
+            aad.extend_from_slice(&key_id.to_be_bytes());
+            aad.extend_from_slice(&it.to_be_bytes());
+            aad.extend_from_slice(&sender.account.to_bytes());
+            aad.extend_from_slice(&sender.device.to_be_bytes());
+            let padded = {
+                use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+                let key: [u8; 32] = okm[..32].try_into().unwrap();
+                let nonce: [u8; 12] = okm[32..].try_into().unwrap();
+                aes_gcm::Aes256Gcm::new(&key.into())
+                    .decrypt(
+                        &Nonce::<aes_gcm::Aes256Gcm>::from(nonce),
+                        Payload {
+                            msg: &body.ciphertext,
+                            aad: &aad,
+                        },
+                    )
+                    .unwrap()
+            };
+            let plaintext = h(m, "plaintext");
+            assert_eq!(
+                padded.len(),
+                confidant::padding::padded_len(plaintext.len()),
+                "{n}"
+            );
+            assert_eq!(&padded[..plaintext.len()], &plaintext[..], "{n}");
+            assert_eq!(padded[plaintext.len()], 0x80, "{n}");
+            assert!(padded[plaintext.len() + 1..].iter().all(|&b| b == 0), "{n}");
             let parsed = GroupMessage::from_bytes(&sealed).unwrap();
             assert_eq!(
                 (parsed.group_id(), parsed.key_id(), parsed.iteration()),
@@ -1911,6 +1972,8 @@ fn gen_sender_key(case: &SenderKeyCase) -> Value {
         key_id: key_id.wrapping_sub(1),
         end,
     });
+    // A first key starts its lineage; a successor continues its predecessor's.
+    let lineage = previous.map_or(key_id, |p| p.key_id);
     let seed = rand32(&mut rng);
     let foreign_seed = rand32(&mut rng);
     let mut ck = rand32(&mut rng);
@@ -1996,7 +2059,8 @@ fn gen_sender_key(case: &SenderKeyCase) -> Value {
         "sender_account": hex::encode(vector_sender().account.to_bytes()),
         "sender_device": vector_sender().device,
         "previous_key": previous.map(|p| json!({"key_id": p.key_id, "end": p.end})),
-        "distribution": hex::encode(&hazmat::sender_key_distribution(gid, key_id, case.start, &start_ck, &seed, previous)[..]),
+        "lineage": lineage,
+        "distribution": hex::encode(&hazmat::sender_key_distribution(gid, key_id, case.start, &start_ck, &seed, previous, lineage)[..]),
         "messages": messages,
         "deliveries": deliveries,
     })

@@ -1,0 +1,457 @@
+//! Sealed sender (PROTOCOL.md §19.3): the sender's certificate and the message travel encrypted
+//! to each recipient device's identity key, so the server learns only the recipient. One send to
+//! many devices shares one sealed body; each device gets a 48-byte header `C || AT` (and, for a
+//! fan-out, its sealed key entry).
+//!
+//! Per send: `M` is 32 random bytes; `e_seed || K = HKDF(0^32, M, "confidant/sealed/v1/message",
+//! 64)`; `e = X25519 clamp(e_seed)`, `E = e·G`; the body is `AES-256-GCM(K, 0^12, "confidant/sealed/
+//! v1/body" || E, pad(SealedContent))`. Per recipient device with identity X25519 key `R`:
+//! `mask || entry_key = HKDF(0^32, DH(e, R) || E || R, "confidant/sealed/v1/recipient", 64)`,
+//! `C = M ⊕ mask`, the sealed entry `AES-256-GCM(entry_key, 0^12, E || C, entry)`, and
+//! `AT = HKDF(0^32, DH(S, R) || E || C || S || R || SHA-256(body) || SHA-256(sealed entry),
+//! "confidant/sealed/v1/auth", 16)` where `S` is the sender device's identity X25519 key.
+//!
+//! The recipient recovers `M`, re-derives `E` from it (so every recipient of one send sees the
+//! same `E`), opens the body, validates the certificate, and checks `AT`, which proves the
+//! sender holds the certified identity key and binds the header to this body and entry.
+
+use core::fmt;
+
+use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use x25519_dalek::{PublicKey as XPublic, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::aead;
+use crate::book::Address;
+use crate::book::SessionBook;
+use crate::certificate::{CertificateValidator, VerifiedSenderCertificate};
+use crate::codec::{self, SEALED_UPLOAD_V1};
+use crate::envelope::{EnvelopeContent, EnvelopeKind, SEALED_HEADER_LEN, SealedEnvelope};
+use crate::error::{DecodeError, EncryptError, SealedError};
+use crate::kdf::{AeadKey, hkdf_zero_salt};
+use crate::keys::{self, IdentityKey, IdentityKeyPair};
+use crate::limits::{MAX_SEALED_CONTENT_BYTES, MAX_SEALED_ENTRY_BYTES, MAX_UPLOAD_RECIPIENTS};
+use crate::padding;
+use crate::proto::{SealedContentProto, UploadAccountProto, UploadDeviceProto, UploadProto};
+use crate::time::Timestamp;
+
+/// `M` expansion label (PROTOCOL.md §19.3).
+const MESSAGE_INFO: &[u8] = b"confidant/sealed/v1/message";
+/// Per-recipient key label (PROTOCOL.md §19.3).
+const RECIPIENT_INFO: &[u8] = b"confidant/sealed/v1/recipient";
+/// Authentication-tag label (PROTOCOL.md §19.3).
+const AUTH_INFO: &[u8] = b"confidant/sealed/v1/auth";
+/// Prefix of the body's associated data (PROTOCOL.md §19.3).
+const BODY_AAD_PREFIX: &[u8] = b"confidant/sealed/v1/body";
+/// Length of the authentication tag `AT`.
+const AT_LEN: usize = 16;
+
+/// One recipient device of a sealed send.
+pub struct SealedRecipient<'a> {
+    /// The device.
+    pub address: Address,
+    /// Its identity key, from the account's verified device list.
+    pub identity_key: IdentityKey,
+    /// Its fan-out key entry (a pairwise message), for [`EnvelopeKind::FanOut`] sends.
+    pub entry: Option<&'a [u8]>,
+}
+
+impl fmt::Debug for SealedRecipient<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedRecipient")
+            .field("address", &self.address)
+            .field("entry_len", &self.entry.map(<[u8]>::len))
+            .finish()
+    }
+}
+
+/// The keys derived from `M`.
+struct MessageKeys {
+    ephemeral: StaticSecret,
+    ephemeral_public: [u8; 32],
+    body: AeadKey,
+}
+
+fn message_keys(m: &[u8; 32]) -> MessageKeys {
+    let mut okm = Zeroizing::new([0u8; 64]);
+    hkdf_zero_salt(m, MESSAGE_INFO, okm.as_mut());
+    let (e_seed, k) = okm.split_at(32);
+    let ephemeral = StaticSecret::from(crate::kdf::to32(e_seed));
+    let ephemeral_public = XPublic::from(&ephemeral).to_bytes();
+    MessageKeys {
+        ephemeral,
+        ephemeral_public,
+        body: AeadKey {
+            key: crate::kdf::to32(k),
+            nonce: [0; 12],
+        },
+    }
+}
+
+/// `mask || entry_key` for one recipient (the DH output must be contributory).
+fn recipient_keys(dh: &[u8; 32], e: &[u8; 32], r: &[u8; 32]) -> (Zeroizing<[u8; 32]>, AeadKey) {
+    let mut ikm = Zeroizing::new([0u8; 96]);
+    for (chunk, part) in ikm.chunks_mut(32).zip([dh, e, r]) {
+        chunk.copy_from_slice(part);
+    }
+    let mut okm = Zeroizing::new([0u8; 64]);
+    hkdf_zero_salt(ikm.as_ref(), RECIPIENT_INFO, okm.as_mut());
+    let (mask, key) = okm.split_at(32);
+    (
+        Zeroizing::new(crate::kdf::to32(mask)),
+        AeadKey {
+            key: crate::kdf::to32(key),
+            nonce: [0; 12],
+        },
+    )
+}
+
+/// `AT` (PROTOCOL.md §19.3).
+fn auth_tag(
+    static_dh: &[u8; 32],
+    e: &[u8; 32],
+    c: &[u8; 32],
+    s: &[u8; 32],
+    r: &[u8; 32],
+    body_hash: &[u8; 32],
+    entry: &[u8],
+) -> [u8; AT_LEN] {
+    let entry_hash: [u8; 32] = Sha256::digest(entry).into();
+    let mut ikm = Zeroizing::new([0u8; 32 * 7]);
+    for (chunk, part) in ikm
+        .chunks_mut(32)
+        .zip([static_dh, e, c, s, r, body_hash, &entry_hash])
+    {
+        chunk.copy_from_slice(part);
+    }
+    let mut at = [0u8; AT_LEN];
+    hkdf_zero_salt(ikm.as_ref(), AUTH_INFO, &mut at);
+    at
+}
+
+fn body_aad(e: &[u8; 32]) -> Vec<u8> {
+    [BODY_AAD_PREFIX, e].concat()
+}
+
+/// Seals `content` of `kind` from this device (`sender_identity`, with its sender certificate)
+/// to every recipient device, returning a multi-recipient upload (`0x72`, PROTOCOL.md §19.4) for
+/// the server to split with [`crate::server::split_upload`]. Draws 32 bytes from `rng`.
+///
+/// `kind` is [`EnvelopeKind::FanOut`] (then `content` is the fan-out body and each recipient
+/// carries its key entry), [`EnvelopeKind::Group`] (the group message), or a pairwise kind for
+/// a single recipient.
+///
+/// # Errors
+/// [`EncryptError::TooLarge`] for oversized content; [`EncryptError::NotReady`] for a recipient
+/// without an entry in a fan-out send (or with one otherwise), or a recipient key of small
+/// order.
+pub fn seal(
+    rng: &mut (impl CryptoRng + ?Sized),
+    sender_identity: &IdentityKeyPair,
+    certificate: &[u8],
+    kind: EnvelopeKind,
+    content: &[u8],
+    recipients: &[SealedRecipient<'_>],
+) -> Result<Vec<u8>, EncryptError> {
+    let plaintext = Zeroizing::new(prost::Message::encode_to_vec(&SealedContentProto {
+        sender_certificate: certificate.to_vec(),
+        kind: kind.code(),
+        content: content.to_vec(),
+    }));
+    if plaintext.len() > MAX_SEALED_CONTENT_BYTES || recipients.len() > MAX_UPLOAD_RECIPIENTS {
+        return Err(EncryptError::TooLarge {
+            len: plaintext.len(),
+            limit: MAX_SEALED_CONTENT_BYTES,
+        });
+    }
+    let mut m = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(m.as_mut());
+    let keys = message_keys(&m);
+    let e = keys.ephemeral_public;
+    let body = aead::seal(&keys.body, &body_aad(&e), &padding::pad(&plaintext));
+    let body_hash: [u8; 32] = Sha256::digest(&body).into();
+    let s_secret = sender_identity.dh_secret();
+    let s = sender_identity.public().x25519();
+
+    // Group recipients by account (the account key is sent once per account).
+    let mut accounts: Vec<UploadAccountProto> = Vec::new();
+    let mut sorted: Vec<&SealedRecipient<'_>> = recipients.iter().collect();
+    sorted.sort_by_key(|r| r.address);
+    for recipient in sorted {
+        if recipient.entry.is_some() != (kind == EnvelopeKind::FanOut) {
+            return Err(EncryptError::NotReady);
+        }
+        let r = recipient.identity_key.x25519();
+        let dh = keys::dh(&keys.ephemeral, &r).ok_or(EncryptError::NotReady)?;
+        let (mask, entry_key) = recipient_keys(&dh, &e, &r);
+        let mut c = [0u8; 32];
+        for ((out, a), b) in c.iter_mut().zip(m.iter()).zip(mask.iter()) {
+            *out = a ^ b;
+        }
+        let entry = match recipient.entry {
+            Some(entry) if entry.len() + 16 <= MAX_SEALED_ENTRY_BYTES => {
+                aead::seal(&entry_key, &[e.as_slice(), &c].concat(), entry)
+            }
+            Some(entry) => {
+                return Err(EncryptError::TooLarge {
+                    len: entry.len(),
+                    limit: MAX_SEALED_ENTRY_BYTES - 16,
+                });
+            }
+            None => Vec::new(),
+        };
+        let static_dh = keys::dh(&s_secret, &r).ok_or(EncryptError::NotReady)?;
+        let at = auth_tag(&static_dh, &e, &c, &s, &r, &body_hash, &entry);
+        let mut header = Vec::with_capacity(SEALED_HEADER_LEN);
+        header.extend_from_slice(&c);
+        header.extend_from_slice(&at);
+        c.zeroize();
+        let device = UploadDeviceProto {
+            device: recipient.address.device,
+            message: header,
+            entry,
+        };
+        let account = recipient.address.account.to_bytes().to_vec();
+        match accounts.last_mut() {
+            Some(last) if last.account == account => last.devices.push(device),
+            _ => accounts.push(UploadAccountProto {
+                account,
+                devices: vec![device],
+            }),
+        }
+    }
+    Ok(codec::encode(
+        SEALED_UPLOAD_V1,
+        &UploadProto {
+            ephemeral: e.to_vec(),
+            body,
+            accounts,
+            sender_account: None,
+            sender_device: None,
+        },
+    ))
+}
+
+/// An opened sealed envelope: the sender's verified certificate and the inner message, as the
+/// unsealed envelope content it stands for.
+pub struct Unsealed {
+    /// The sender's certificate (chain, expiry and revocation checked; `AT` proved the sender
+    /// holds its identity key).
+    pub certificate: VerifiedSenderCertificate,
+    /// The inner message, with the certified sender.
+    pub content: EnvelopeContent,
+}
+
+impl Unsealed {
+    /// The certified sender device.
+    #[must_use]
+    pub fn sender(&self) -> Address {
+        self.certificate.sender()
+    }
+}
+
+impl fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unsealed")
+            .field("certificate", &self.certificate)
+            .field("content", &self.content)
+            .finish()
+    }
+}
+
+/// Opens a sealed envelope with this device's identity key (PROTOCOL.md §19.3), validating the
+/// sender certificate with `validator` at time `now`. Nothing is stateful: the inner message
+/// still goes through the session book or group session, which must check that the certified
+/// identity key is the one they know for the sender
+/// ([`SessionBook::open_sealed`](crate::book::SessionBook::open_sealed) does it all).
+///
+/// # Errors
+/// [`SealedError`]; every cryptographic failure is `Unauthenticated`.
+pub fn open(
+    identity: &IdentityKeyPair,
+    sealed: &SealedEnvelope,
+    validator: &CertificateValidator,
+    now: Timestamp,
+) -> Result<Unsealed, SealedError> {
+    let e = sealed.ephemeral;
+    let r = identity.public().x25519();
+    let r_secret = identity.dh_secret();
+    let dh = keys::dh(&r_secret, &e).ok_or(SealedError::Unauthenticated)?;
+    let (mask, entry_key) = recipient_keys(&dh, &e, &r);
+    let (c, at) = sealed.header.split_at(32);
+    let c: [u8; 32] = crate::kdf::to32(c);
+    let mut m = Zeroizing::new([0u8; 32]);
+    for ((out, a), b) in m.iter_mut().zip(c.iter()).zip(mask.iter()) {
+        *out = a ^ b;
+    }
+    let keys = message_keys(&m);
+    if !bool::from(keys.ephemeral_public.ct_eq(&e)) {
+        return Err(SealedError::Unauthenticated);
+    }
+    let padded =
+        aead::open(&keys.body, &body_aad(&e), &sealed.body).ok_or(SealedError::Unauthenticated)?;
+    let plaintext = padding::unpad(&padded).ok_or(SealedError::Unauthenticated)?;
+    let content: SealedContentProto =
+        codec::decode_body(&plaintext, &[]).map_err(|_| SealedError::Unauthenticated)?;
+    let certificate = validator.validate(&content.sender_certificate, now)?;
+    let s = certificate.identity_key().x25519();
+    let static_dh = keys::dh(&r_secret, &s).ok_or(SealedError::Unauthenticated)?;
+    let body_hash: [u8; 32] = Sha256::digest(&sealed.body).into();
+    let expected = auth_tag(&static_dh, &e, &c, &s, &r, &body_hash, &sealed.entry);
+    if !bool::from(expected.ct_eq(at)) {
+        return Err(SealedError::Unauthenticated);
+    }
+    let kind = EnvelopeKind::from_code(content.kind)
+        .ok_or(SealedError::Malformed(DecodeError::InvalidField("kind")))?;
+    let sender = certificate.sender();
+    let inner = content.content.clone();
+    let content = match kind {
+        EnvelopeKind::FanOut => {
+            let entry = aead::open(&entry_key, &[e.as_slice(), &c].concat(), &sealed.entry)
+                .ok_or(SealedError::Unauthenticated)?;
+            EnvelopeContent::FanOut {
+                sender,
+                entry: entry.to_vec(),
+                body: inner,
+            }
+        }
+        _ if !sealed.entry.is_empty() => {
+            return Err(SealedError::Malformed(DecodeError::InvalidField("entry")));
+        }
+        EnvelopeKind::PreKey => EnvelopeContent::PreKey {
+            sender,
+            message: inner,
+        },
+        EnvelopeKind::Ratchet => EnvelopeContent::Ratchet {
+            sender,
+            message: inner,
+        },
+        EnvelopeKind::Group => EnvelopeContent::Group {
+            sender,
+            message: inner,
+        },
+        EnvelopeKind::Sealed => {
+            return Err(SealedError::Malformed(DecodeError::InvalidField("kind")));
+        }
+    };
+    Ok(Unsealed {
+        certificate,
+        content,
+    })
+}
+
+/// A sealed fan-out: the upload for the server, and the devices that need a bundle first.
+#[derive(Debug)]
+pub struct SealedFanOut {
+    /// The multi-recipient upload (`0x72`).
+    pub upload: Vec<u8>,
+    /// Listed devices without a usable session (see [`SessionBook::fan_out`]); they are not in
+    /// the upload.
+    pub needs_bundle: Vec<Address>,
+}
+
+impl SessionBook {
+    /// The identity key of a listed device, from its account's verified device list.
+    #[must_use]
+    pub fn device_key(&self, device: &Address) -> Option<IdentityKey> {
+        self.device_identity(device)
+    }
+
+    /// [`SessionBook::fan_out`], sealed (PROTOCOL.md §19.3): the fan-out body is the shared
+    /// sealed content, each device's key entry is sealed to it, and the server learns only the
+    /// recipients. Draws 32 bytes for the content key and 32 for the seal.
+    ///
+    /// **Persist the book before sending** the upload.
+    ///
+    /// # Errors
+    /// [`EncryptError`] (nothing changed if the plaintext is too large).
+    pub fn fan_out_sealed(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        certificate: &[u8],
+        accounts: &[IdentityKey],
+        sender: &Address,
+        plaintext: &[u8],
+    ) -> Result<SealedFanOut, EncryptError> {
+        let fan_out = self.fan_out(rng, accounts, sender, plaintext)?;
+        let mut recipients = Vec::with_capacity(fan_out.entries.len());
+        for (address, entry) in &fan_out.entries {
+            let identity_key = self.device_key(address).ok_or(EncryptError::NotReady)?;
+            recipients.push(SealedRecipient {
+                address: *address,
+                identity_key,
+                entry: Some(entry),
+            });
+        }
+        let upload = seal(
+            rng,
+            identity,
+            certificate,
+            EnvelopeKind::FanOut,
+            &fan_out.body,
+            &recipients,
+        )?;
+        Ok(SealedFanOut {
+            upload,
+            needs_bundle: fan_out.needs_bundle.clone(),
+        })
+    }
+
+    /// Seals a shared `content` of `kind` (typically [`EnvelopeKind::Group`], a group message)
+    /// to the listed devices, with their identity keys from the book. Devices the book does
+    /// not know are returned and left out.
+    ///
+    /// # Errors
+    /// As [`seal`].
+    pub fn seal_to(
+        &self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        certificate: &[u8],
+        kind: EnvelopeKind,
+        content: &[u8],
+        devices: &[Address],
+    ) -> Result<(Vec<u8>, Vec<Address>), EncryptError> {
+        let mut recipients = Vec::with_capacity(devices.len());
+        let mut unknown = Vec::new();
+        for address in devices {
+            match self.device_key(address) {
+                Some(identity_key) => recipients.push(SealedRecipient {
+                    address: *address,
+                    identity_key,
+                    entry: None,
+                }),
+                None => unknown.push(*address),
+            }
+        }
+        let upload = seal(rng, identity, certificate, kind, content, &recipients)?;
+        Ok((upload, unknown))
+    }
+
+    /// Opens a sealed envelope ([`open`]) and checks that the certified sender is a device this
+    /// book knows from a verified device list, with exactly the certified identity key
+    /// (PROTOCOL.md §19.3). Then hand [`Unsealed::content`] to [`SessionBook::receive`],
+    /// [`SessionBook::receive_fan_out`] or a group session, with [`Unsealed::sender`].
+    ///
+    /// # Errors
+    /// [`SealedError`].
+    pub fn open_sealed(
+        &self,
+        identity: &IdentityKeyPair,
+        validator: &CertificateValidator,
+        now: Timestamp,
+        sealed: &SealedEnvelope,
+    ) -> Result<Unsealed, SealedError> {
+        let unsealed = open(identity, sealed, validator, now)?;
+        match self.device_key(&unsealed.sender()) {
+            None => Err(SealedError::UnknownSender),
+            Some(key) if key != unsealed.certificate.identity_key() => {
+                Err(SealedError::IdentityMismatch)
+            }
+            Some(_) => Ok(unsealed),
+        }
+    }
+}
