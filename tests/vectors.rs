@@ -1252,6 +1252,9 @@ fn regenerate() {
     regenerate_device_lists();
     regenerate_fanout();
     regenerate_sender_keys();
+    regenerate_sealed();
+    regenerate_envelopes();
+    regenerate_padding();
     write("x3dh.json", "x3dh", x3dh);
     write("pqxdh.json", "pqxdh", pqxdh);
     write("double_ratchet.json", "double_ratchet", convs);
@@ -2071,6 +2074,556 @@ fn regenerate_sender_keys() {
     let doc = json!({"profile": SENDER_KEY_PROFILE, "type": "sender_key", "vectors": vectors});
     std::fs::write(
         our_dir().join("sender_key.json"),
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sealed sender (PROTOCOL.md §19.3): profile `confidant-sealed/v1`, type `sealed_sender`.
+
+const SEALED_PROFILE: &str = "confidant-sealed/v1";
+
+fn hkdf0(ikm: &[u8], info: &[u8], len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(&[0u8; 32]), ikm)
+        .expand(info, &mut out)
+        .unwrap();
+    out
+}
+
+fn x25519(secret: &[u8; 32], public: &[u8; 32]) -> [u8; 32] {
+    x25519_dalek::StaticSecret::from(*secret)
+        .diffie_hellman(&x25519_dalek::PublicKey::from(*public))
+        .to_bytes()
+}
+
+/// The X25519 private scalar of an identity seed: `SHA-512(seed)[0..32]` (PROTOCOL.md §3.2).
+fn identity_x25519_secret(seed: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha512::digest(seed)[..32].try_into().unwrap()
+}
+
+fn u32_of(v: &Value, key: &str) -> u32 {
+    u32::try_from(v[key].as_u64().unwrap()).unwrap()
+}
+
+/// The sealed content as PROTOCOL.md §19.3 defines it, written independently of the crate.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SealedContentWire {
+    #[prost(bytes = "vec", tag = "1")]
+    sender_certificate: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    kind: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    content: Vec<u8>,
+}
+
+/// Each vector: the certificate chain from seeds; the upload from `M` and the inputs; the
+/// envelopes the server splits it into; and, independently of the crate (x25519-dalek, hkdf,
+/// sha2, aes-gcm directly), `E` from `M`, each recipient's `C` and `AT`, the body's padded
+/// content; then each recipient opens its envelope to the sender and content.
+#[test]
+fn sealed_sender_vectors() {
+    use confidant::certificate::{CertificateValidator, SenderCertificate, ServerCertificate};
+    use confidant::envelope::{Envelope, EnvelopeContent, EnvelopeKind};
+    use confidant::sealed::{self, SealedRecipient};
+
+    let vectors = documents_of(SEALED_PROFILE, "sealed_sender");
+    assert!(vectors.len() >= 3, "only {} sealed vectors", vectors.len());
+    for v in &vectors {
+        let n = name(v);
+        let root = IdentityKeyPair::from_seed(&h32(v, "root_seed"));
+        let server = IdentityKeyPair::from_seed(&h32(v, "server_seed"));
+        let server_cert =
+            ServerCertificate::issue(&root, u32_of(v, "server_key_id"), &server.public());
+        let sender_account = IdentityKeyPair::from_seed(&h32(v, "sender_account_seed"));
+        let sender_identity = IdentityKeyPair::from_seed(&h32(v, "sender_identity_seed"));
+        let sender = Address {
+            account: sender_account.public(),
+            device: u32_of(v, "sender_device"),
+        };
+        let expires = Timestamp(v["expires"].as_u64().unwrap());
+        let cert = SenderCertificate::issue(
+            &server,
+            &server_cert,
+            sender,
+            &sender_identity.public(),
+            expires,
+        );
+        assert_eq!(
+            hex::encode(&cert),
+            v["certificate"].as_str().unwrap(),
+            "{n}: cert"
+        );
+        let kind = EnvelopeKind::from_code(u32_of(v, "kind")).unwrap();
+        let content = h(v, "content");
+        let recipients_json = v["recipients"].as_array().unwrap();
+        let identities: Vec<IdentityKeyPair> = recipients_json
+            .iter()
+            .map(|r| IdentityKeyPair::from_seed(&h32(r, "identity_seed")))
+            .collect();
+        let entries: Vec<Option<Vec<u8>>> = recipients_json
+            .iter()
+            .map(|r| r["entry"].as_str().map(|e| hex::decode(e).unwrap()))
+            .collect();
+        let recipients: Vec<SealedRecipient<'_>> = recipients_json
+            .iter()
+            .zip(&identities)
+            .zip(&entries)
+            .map(|((r, id), entry)| SealedRecipient {
+                address: Address {
+                    account: IdentityKeyPair::from_seed(&h32(r, "account_seed")).public(),
+                    device: u32_of(r, "device"),
+                },
+                identity_key: id.public(),
+                entry: entry.as_deref(),
+            })
+            .collect();
+        let m = h32(v, "m");
+        let mut rng = ByteStreamRng {
+            bytes: m.to_vec(),
+            next: 0,
+        };
+        let upload = sealed::seal(
+            &mut rng,
+            &sender_identity,
+            &cert,
+            kind,
+            &content,
+            &recipients,
+        )
+        .unwrap();
+        assert_eq!(rng.next, 32, "{n}: M is the only randomness");
+        assert_eq!(
+            hex::encode(&upload),
+            v["upload"].as_str().unwrap(),
+            "{n}: upload"
+        );
+
+        // Independently: E, K from M.
+        let okm = hkdf0(&m, b"confidant/sealed/v1/message", 64);
+        let e_secret: [u8; 32] = okm[..32].try_into().unwrap();
+        let e =
+            x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(e_secret)).to_bytes();
+        assert_eq!(hex::encode(e), v["ephemeral"].as_str().unwrap(), "{n}: E");
+        let body = h(v, "body");
+        let padded = {
+            use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+            let key: [u8; 32] = okm[32..].try_into().unwrap();
+            aes_gcm::Aes256Gcm::new(&key.into())
+                .decrypt(
+                    &Nonce::<aes_gcm::Aes256Gcm>::from([0u8; 12]),
+                    Payload {
+                        msg: &body,
+                        aad: &[b"confidant/sealed/v1/body".as_slice(), &e].concat(),
+                    },
+                )
+                .unwrap()
+        };
+        let unpadded = confidant::padding::unpad(&padded).unwrap();
+        assert_eq!(padded.len(), confidant::padding::padded_len(unpadded.len()));
+        let sc = <SealedContentWire as prost::Message>::decode(&unpadded[..]).unwrap();
+        assert_eq!(
+            (sc.sender_certificate, sc.kind, sc.content),
+            (cert.clone(), kind.code(), content.clone()),
+            "{n}: sealed content"
+        );
+        let body_hash = sha2_digest(&body);
+        let s_pub = sender_identity.public().x25519();
+        let s_secret = identity_x25519_secret(&h32(v, "sender_identity_seed"));
+
+        let envelopes = confidant::server::split_upload(&upload).unwrap();
+        assert_eq!(envelopes.len(), recipients.len());
+        let expected = v["expected"].as_array().unwrap();
+        let validator = CertificateValidator::new(root.public());
+        let now = Timestamp(v["now"].as_u64().unwrap());
+        for (((r, id), want), recipient) in recipients_json
+            .iter()
+            .zip(&identities)
+            .zip(expected)
+            .zip(&recipients)
+        {
+            let envelope = envelopes
+                .iter()
+                .find(|env| env.recipient == recipient.address)
+                .unwrap();
+            assert_eq!(
+                hex::encode(envelope.to_bytes()),
+                want["envelope"].as_str().unwrap(),
+                "{n}: envelope"
+            );
+            let EnvelopeContent::Sealed(sealed_env) = &envelope.content else {
+                panic!("{n}: not sealed")
+            };
+            assert_eq!(sealed_env.ephemeral, e);
+            assert_eq!(sealed_env.body, body);
+            let r_pub = id.public().x25519();
+            let r_secret = identity_x25519_secret(&h32(r, "identity_seed"));
+            let dh = x25519(&e_secret, &r_pub);
+            assert_eq!(dh, x25519(&r_secret, &e), "{n}: both sides of DH(e, R)");
+            let rk = hkdf0(
+                &[dh, e, r_pub].concat(),
+                b"confidant/sealed/v1/recipient",
+                64,
+            );
+            let c: Vec<u8> = m.iter().zip(&rk[..32]).map(|(a, b)| a ^ b).collect();
+            assert_eq!(&sealed_env.header[..32], &c[..], "{n}: C");
+            let entry_hash = sha2_digest(&sealed_env.entry);
+            let static_dh = x25519(&s_secret, &r_pub);
+            let at = hkdf0(
+                &[
+                    &static_dh[..],
+                    &e,
+                    &c,
+                    &s_pub,
+                    &r_pub,
+                    &body_hash,
+                    &entry_hash,
+                ]
+                .concat(),
+                b"confidant/sealed/v1/auth",
+                16,
+            );
+            assert_eq!(&sealed_env.header[32..], &at[..], "{n}: AT");
+            if let Some(entry) = r["entry"].as_str() {
+                use aes_gcm::aead::{Aead, KeyInit, Nonce, Payload};
+                let key: [u8; 32] = rk[32..].try_into().unwrap();
+                let opened = aes_gcm::Aes256Gcm::new(&key.into())
+                    .decrypt(
+                        &Nonce::<aes_gcm::Aes256Gcm>::from([0u8; 12]),
+                        Payload {
+                            msg: &sealed_env.entry,
+                            aad: &[&e[..], &c].concat(),
+                        },
+                    )
+                    .unwrap();
+                assert_eq!(hex::encode(opened), entry, "{n}: entry");
+            } else {
+                assert!(sealed_env.entry.is_empty());
+            }
+            // Through the crate: the recipient opens it.
+            let unsealed = sealed::open(id, sealed_env, &validator, now).unwrap();
+            assert_eq!(unsealed.sender(), sender, "{n}: sender");
+            let inner = match &unsealed.content {
+                EnvelopeContent::FanOut { entry, body, .. } => {
+                    assert_eq!(hex::encode(entry), r["entry"].as_str().unwrap());
+                    body.clone()
+                }
+                EnvelopeContent::Group { message, .. }
+                | EnvelopeContent::Ratchet { message, .. }
+                | EnvelopeContent::PreKey { message, .. } => message.clone(),
+                EnvelopeContent::Sealed(_) => panic!("{n}"),
+            };
+            assert_eq!(inner, content, "{n}: content");
+            let _ = Envelope::from_bytes(&envelope.to_bytes()).unwrap();
+        }
+    }
+}
+
+fn regenerate_sealed() {
+    use confidant::certificate::{SenderCertificate, ServerCertificate};
+    use confidant::envelope::EnvelopeKind;
+    use confidant::sealed::{self, SealedRecipient};
+
+    let cases: [(&str, EnvelopeKind, usize, &[(u32, bool)]); 3] = [
+        (
+            "sealed-group-two-devices",
+            EnvelopeKind::Group,
+            120,
+            &[(1, false), (2, false)],
+        ),
+        (
+            "sealed-fanout-three-devices",
+            EnvelopeKind::FanOut,
+            300,
+            &[(1, true), (2, true), (7, true)],
+        ),
+        (
+            "sealed-ratchet-one-device",
+            EnvelopeKind::Ratchet,
+            77,
+            &[(3, false)],
+        ),
+    ];
+    let vectors: Vec<Value> = cases
+        .iter()
+        .map(|(name, kind, len, devices)| {
+            let mut rng = seeded(name);
+            let (root_seed, server_seed) = (rand32(&mut rng), rand32(&mut rng));
+            let (acct_seed, id_seed) = (rand32(&mut rng), rand32(&mut rng));
+            let root = IdentityKeyPair::from_seed(&root_seed);
+            let server = IdentityKeyPair::from_seed(&server_seed);
+            let server_key_id = 42u32;
+            let server_cert = ServerCertificate::issue(&root, server_key_id, &server.public());
+            let sender_identity = IdentityKeyPair::from_seed(&id_seed);
+            let sender = Address {
+                account: IdentityKeyPair::from_seed(&acct_seed).public(),
+                device: 5,
+            };
+            let now = 1_795_000_000_000u64;
+            let expires = now + 86_400_000;
+            let cert = SenderCertificate::issue(
+                &server,
+                &server_cert,
+                sender,
+                &sender_identity.public(),
+                Timestamp(expires),
+            );
+            let mut content = vec![0u8; *len];
+            rng.fill_bytes(&mut content);
+            // Two recipient accounts: devices below 7 in the first, 7 in the second.
+            let (acct_a, acct_b) = (rand32(&mut rng), rand32(&mut rng));
+            let recipients_json: Vec<Value> = devices
+                .iter()
+                .map(|(device, with_entry)| {
+                    let identity_seed = rand32(&mut rng);
+                    let entry = with_entry.then(|| {
+                        let mut e = vec![0u8; 109];
+                        rng.fill_bytes(&mut e);
+                        e
+                    });
+                    json!({"account_seed": hex::encode(if *device < 7 { acct_a } else { acct_b }),
+                           "device": device, "identity_seed": hex::encode(identity_seed),
+                           "entry": entry.map(hex::encode)})
+                })
+                .collect();
+            let m = rand32(&mut rng);
+            let identities: Vec<IdentityKeyPair> = recipients_json
+                .iter()
+                .map(|r| IdentityKeyPair::from_seed(&h32(r, "identity_seed")))
+                .collect();
+            let entries: Vec<Option<Vec<u8>>> = recipients_json
+                .iter()
+                .map(|r| r["entry"].as_str().map(|e| hex::decode(e).unwrap()))
+                .collect();
+            let recipients: Vec<SealedRecipient<'_>> = recipients_json
+                .iter()
+                .zip(&identities)
+                .zip(&entries)
+                .map(|((r, id), entry)| SealedRecipient {
+                    address: Address {
+                        account: IdentityKeyPair::from_seed(&h32(r, "account_seed")).public(),
+                        device: u32_of(r, "device"),
+                    },
+                    identity_key: id.public(),
+                    entry: entry.as_deref(),
+                })
+                .collect();
+            let mut srng = ByteStreamRng {
+                bytes: m.to_vec(),
+                next: 0,
+            };
+            let upload = sealed::seal(
+                &mut srng,
+                &sender_identity,
+                &cert,
+                *kind,
+                &content,
+                &recipients,
+            )
+            .unwrap();
+            let envelopes = confidant::server::split_upload(&upload).unwrap();
+            let (e, body) = match &envelopes[0].content {
+                confidant::envelope::EnvelopeContent::Sealed(s) => (s.ephemeral, s.body.clone()),
+                _ => unreachable!(),
+            };
+            let expected: Vec<Value> = recipients
+                .iter()
+                .map(|r| {
+                    let env = envelopes.iter().find(|x| x.recipient == r.address).unwrap();
+                    json!({"envelope": hex::encode(env.to_bytes())})
+                })
+                .collect();
+            json!({"name": name, "root_seed": hex::encode(root_seed),
+                   "server_seed": hex::encode(server_seed), "server_key_id": server_key_id,
+                   "sender_account_seed": hex::encode(acct_seed), "sender_device": 5,
+                   "sender_identity_seed": hex::encode(id_seed), "expires": expires, "now": now,
+                   "certificate": hex::encode(&cert), "kind": kind.code(),
+                   "content": hex::encode(&content), "recipients": recipients_json,
+                   "m": hex::encode(m), "ephemeral": hex::encode(e), "body": hex::encode(&body),
+                   "upload": hex::encode(&upload), "expected": expected})
+        })
+        .collect();
+    let doc = json!({"profile": SEALED_PROFILE, "type": "sealed_sender", "vectors": vectors});
+    std::fs::write(
+        our_dir().join("sealed.json"),
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelopes (PROTOCOL.md §19.1): profile `confidant-envelope/v1`, type `envelope`.
+
+const ENVELOPE_PROFILE: &str = "confidant-envelope/v1";
+
+fn envelope_cases() -> Vec<(&'static str, confidant::envelope::Envelope)> {
+    use confidant::envelope::{Envelope, EnvelopeContent, SealedEnvelope};
+    let key = |seed: u8| IdentityKeyPair::from_seed(&[seed; 32]).public();
+    let recipient = Address {
+        account: key(1),
+        device: 2,
+    };
+    let sender = Address {
+        account: key(3),
+        device: 4,
+    };
+    let bytes = |b: u8, n: usize| vec![b; n];
+    vec![
+        (
+            "envelope-prekey",
+            Envelope {
+                recipient,
+                content: EnvelopeContent::PreKey {
+                    sender,
+                    message: [vec![0x11], bytes(0xa1, 40)].concat(),
+                },
+            },
+        ),
+        (
+            "envelope-ratchet",
+            Envelope {
+                recipient,
+                content: EnvelopeContent::Ratchet {
+                    sender,
+                    message: [vec![0x12], bytes(0xa2, 60)].concat(),
+                },
+            },
+        ),
+        (
+            "envelope-fanout",
+            Envelope {
+                recipient,
+                content: EnvelopeContent::FanOut {
+                    sender,
+                    entry: [vec![0x12], bytes(0xa3, 108)].concat(),
+                    body: [vec![0x52], bytes(0xa4, 272)].concat(),
+                },
+            },
+        ),
+        (
+            "envelope-group",
+            Envelope {
+                recipient,
+                content: EnvelopeContent::Group {
+                    sender,
+                    message: [vec![0x61], bytes(0xa5, 363)].concat(),
+                },
+            },
+        ),
+        (
+            "envelope-sealed",
+            Envelope {
+                recipient,
+                content: EnvelopeContent::Sealed(SealedEnvelope {
+                    ephemeral: [0xa6; 32],
+                    header: [0xa7; 48],
+                    entry: bytes(0xa8, 125),
+                    body: bytes(0xa9, 528),
+                }),
+            },
+        ),
+        (
+            "envelope-sealed-no-entry",
+            Envelope {
+                recipient,
+                content: EnvelopeContent::Sealed(SealedEnvelope {
+                    ephemeral: [0xaa; 32],
+                    header: [0xab; 48],
+                    entry: Vec::new(),
+                    body: bytes(0xac, 528),
+                }),
+            },
+        ),
+    ]
+}
+
+/// Each vector: `envelope` parses to the named kind, recipient, sender and fields, and
+/// re-encodes to the same bytes; the kind code is the stable one (PROTOCOL.md §19.1).
+#[test]
+fn envelope_vectors() {
+    use confidant::envelope::Envelope;
+    let vectors = documents_of(ENVELOPE_PROFILE, "envelope");
+    let cases = envelope_cases();
+    assert_eq!(vectors.len(), cases.len());
+    for (v, (case, envelope)) in vectors.iter().zip(&cases) {
+        let n = name(v);
+        assert_eq!(n, *case);
+        let bytes = h(v, "envelope");
+        let parsed = Envelope::from_bytes(&bytes).unwrap();
+        assert_eq!(&parsed, envelope, "{n}");
+        assert_eq!(parsed.to_bytes(), bytes, "{n}: re-encoding");
+        assert_eq!(
+            u64::from(parsed.kind().code()),
+            v["kind"].as_u64().unwrap(),
+            "{n}"
+        );
+        assert_eq!(bytes[0], 0x71, "{n}: leading byte");
+    }
+}
+
+fn regenerate_envelopes() {
+    let vectors: Vec<Value> = envelope_cases()
+        .iter()
+        .map(|(name, e)| json!({"name": name, "kind": e.kind().code(), "envelope": hex::encode(e.to_bytes())}))
+        .collect();
+    let doc = json!({"profile": ENVELOPE_PROFILE, "type": "envelope", "vectors": vectors});
+    std::fs::write(
+        our_dir().join("envelope.json"),
+        serde_json::to_string_pretty(&doc).unwrap() + "\n",
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Padding (PROTOCOL.md §18): profile `confidant-padding/v1`, type `padding`.
+
+const PADDING_PROFILE: &str = "confidant-padding/v1";
+const PADDING_LENGTHS: [usize; 9] = [0, 1, 200, 255, 256, 257, 1000, 1025, 5000];
+
+/// Each vector: `content` pads to `padded` (its length `padded_len`, the Padmé formula of
+/// PROTOCOL.md §18 recomputed here) and `padded` unpads to `content`.
+#[test]
+fn padding_vectors() {
+    use confidant::padding::{pad, padded_len, unpad};
+    let vectors = documents_of(PADDING_PROFILE, "padding");
+    assert_eq!(vectors.len(), PADDING_LENGTHS.len());
+    for v in &vectors {
+        let n = name(v);
+        let content = h(v, "content");
+        let padded = h(v, "padded");
+        assert_eq!(&pad(&content)[..], &padded[..], "{n}");
+        assert_eq!(&unpad(&padded).unwrap()[..], &content[..], "{n}");
+        let want = v["padded_len"].as_u64().unwrap() as usize;
+        assert_eq!(padded.len(), want, "{n}");
+        assert_eq!(padded_len(content.len()), want, "{n}");
+        // Padmé, written out: L = len + 1; E = floor(log2 L); S = floor(log2 E) + 1;
+        // mask = 2^(E - S) - 1; max(256, (L + mask) & !mask).
+        let l = content.len() + 1;
+        let e = usize::BITS - 1 - l.leading_zeros();
+        let s = u32::BITS - e.leading_zeros();
+        let mask = (1usize << (e - s)) - 1;
+        assert_eq!(want, ((l + mask) & !mask).max(256), "{n}: Padmé");
+    }
+}
+
+fn regenerate_padding() {
+    let vectors: Vec<Value> = PADDING_LENGTHS
+        .iter()
+        .map(|&len| {
+            let name = format!("padding-{len}");
+            let mut rng = seeded(&name);
+            let mut content = vec![0u8; len];
+            rng.fill_bytes(&mut content);
+            let padded = confidant::padding::pad(&content);
+            json!({"name": name, "content": hex::encode(&content), "padded_len": padded.len(),
+                   "padded": hex::encode(&padded[..])})
+        })
+        .collect();
+    let doc = json!({"profile": PADDING_PROFILE, "type": "padding", "vectors": vectors});
+    std::fs::write(
+        our_dir().join("padding.json"),
         serde_json::to_string_pretty(&doc).unwrap() + "\n",
     )
     .unwrap();
