@@ -317,15 +317,16 @@ pub enum GroupError {
     /// The message or distribution claims to come from this device itself.
     #[error("message from this device itself")]
     OwnDevice,
-    /// No sender key with this id is known for the sender: its distribution has not arrived
+    /// No sender key with this id is held for the sender: its distribution has not arrived
     /// yet (hold the message and retry after the next distribution from that sender), or the
-    /// key was replaced more than `MAX_SENDER_KEY_STATES` times since.
+    /// key was retired (evicted beyond `MAX_SENDER_KEY_STATES`, or the sender left).
     #[error("no sender key {key_id} for this sender")]
     UnknownSenderKey {
         /// The key id the message names.
         key_id: u32,
     },
-    /// The signature or the AEAD tag did not verify.
+    /// The signature or the AEAD tag did not verify, the padding is malformed, or the
+    /// iteration is at or beyond the end its sender announced for the key.
     #[error("group message failed authentication")]
     Unauthenticated,
     /// The message's key is not available: it was already decrypted, its skipped key was

@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::book::{Address, ReceiveError, Received, SessionBook};
 use crate::codec::{self, FANOUT_UPLOAD_V1};
+use crate::group::Distribution;
 use crate::error::{DecodeError, DecryptError, EncryptError};
 use crate::keys::{IdentityKey, IdentityKeyPair};
 use crate::limits::{MAX_FANOUT_BODY_BYTES, MAX_PLAINTEXT};
@@ -227,6 +228,22 @@ impl SessionBook {
         };
         self.complete_fan_out(&mut out);
         Ok(out)
+    }
+
+    /// Sends a group's sender-key distribution to exactly its recipients
+    /// ([`fan_out_to`](Self::fan_out_to) with [`Distribution::recipients`]), so the chain key
+    /// never reaches a device outside the group.
+    ///
+    /// **Persist the book before sending** the entries.
+    ///
+    /// # Errors
+    /// As [`fan_out_to`](Self::fan_out_to).
+    pub fn send_distribution(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        distribution: &Distribution,
+    ) -> Result<FanOut, EncryptError> {
+        self.fan_out_to(rng, &distribution.recipients, &distribution.message)
     }
 
     /// Encrypts the key entry of `fan_out` for every device in its `needs_bundle` that now has

@@ -653,8 +653,12 @@ impl SenderState {
 
 /// One device's state in one group (PROTOCOL.md §17): its own sender key, the sender keys of
 /// the other member devices, and the member list. A value the caller persists with
-/// [`GroupSession::snapshot`]; **persist it after every [`encrypt`](Self::encrypt) before
-/// sending**, or a crash could reuse a message key.
+/// [`GroupSession::snapshot`]: **persist it after every [`encrypt`](Self::encrypt) before
+/// sending** (or a crash could reuse a message key), and after every call that changed it
+/// (a successful `decrypt`, `receive_distribution` other than `Known`, `set_members`,
+/// `rotate`), or a crash could undo a removal's rotation or let a message decrypt twice. On
+/// start-up, calling `set_members` with the application's current member list is a cheap
+/// safety net.
 pub struct GroupSession {
     group_id: GroupId,
     own: Address,
@@ -915,8 +919,10 @@ impl GroupSession {
     /// Installs a sender key received from member device `sender` through its pairwise session
     /// (PROTOCOL.md §17.4). `sender` must be the device whose session decrypted the
     /// distribution (for example [`SessionBook::receive`](crate::book::SessionBook::receive)'s
-    /// sender), never a claim from the message. A key already installed is kept as it is.
-    /// Keeps at most [`MAX_SENDER_KEY_STATES`] keys per sender, dropping the oldest installed.
+    /// sender), never a claim from the message. A key already installed is never rewound (it
+    /// moves forward only when the distribution is out of its reach: [`KeyStatus::Advanced`]),
+    /// and a retired key is never installed again. Keeps at most [`MAX_SENDER_KEY_STATES`] keys
+    /// per sender, superseded keys going first (PROTOCOL.md §17.4).
     ///
     /// # Errors
     /// [`GroupError::WrongGroup`], [`GroupError::OwnDevice`], [`GroupError::NotMember`]. The

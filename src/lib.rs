@@ -48,6 +48,7 @@
 #![forbid(unsafe_code)]
 
 mod aead;
+pub mod attachment;
 pub mod book;
 mod bundle;
 pub mod certificate;
