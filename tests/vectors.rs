@@ -2326,7 +2326,9 @@ fn regenerate_sealed() {
     use confidant::envelope::EnvelopeKind;
     use confidant::sealed::{self, SealedRecipient};
 
-    let cases: [(&str, EnvelopeKind, usize, &[(u32, bool)]); 3] = [
+    /// (name, kind, content length, recipient devices (id, with a fan-out entry)).
+    type Case = (&'static str, EnvelopeKind, usize, &'static [(u32, bool)]);
+    let cases: [Case; 3] = [
         (
             "sealed-group-two-devices",
             EnvelopeKind::Group,
