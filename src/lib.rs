@@ -68,6 +68,7 @@ pub mod padding;
 mod prekeys;
 mod proto;
 mod ratchet;
+pub mod safety;
 pub mod sealed;
 pub mod server;
 mod session;
