@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use crate::book::{Address, ReceiveError, Received, SessionBook};
 use crate::codec::{self, FANOUT_UPLOAD_V1};
-use crate::group::Distribution;
 use crate::error::{DecodeError, DecryptError, EncryptError};
+use crate::group::Distribution;
 use crate::keys::{IdentityKey, IdentityKeyPair};
 use crate::limits::{MAX_FANOUT_BODY_BYTES, MAX_PLAINTEXT};
 use crate::padding;
