@@ -28,6 +28,16 @@ pub struct Address {
     pub device: u32,
 }
 
+impl fmt::Display for Address {
+    /// `<first 4 bytes of the account key in hex>…#<device>`, for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.account.to_bytes().iter().take(4) {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…#{}", self.device)
+    }
+}
+
 /// The sessions with one remote device.
 struct DeviceSessions {
     /// The device's identity key, from the account's verified device list.

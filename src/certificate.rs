@@ -92,7 +92,7 @@ impl ServerCertificate {
         let mut out = codec::encode(
             SERVER_CERTIFICATE_V1,
             &ServerCertificateProto {
-                key_id,
+                key_id: Some(key_id),
                 key: server_key.to_bytes().to_vec(),
             },
         );
@@ -123,9 +123,9 @@ impl SenderCertificate {
             SENDER_CERTIFICATE_V1,
             &SenderCertificateProto {
                 account_key: sender.account.to_bytes().to_vec(),
-                device_id: sender.device,
+                device_id: Some(sender.device),
                 identity_key: identity_key.to_bytes().to_vec(),
-                expires: expires.0,
+                expires: Some(expires.0),
                 server_certificate: server_certificate.to_vec(),
             },
         );
@@ -235,15 +235,16 @@ impl CertificateValidator {
         )?;
         let server_body = server_signed.get(1..).ok_or(DecodeError::Empty)?;
         let server: ServerCertificateProto = codec::decode_body(server_body, &[])?;
+        let server_key_id = server.key_id.ok_or(DecodeError::InvalidField("key_id"))?;
         if !self.root.verify(
             &signed_message(SERVER_CERTIFICATE_CONTEXT, server_signed),
             server_signature,
         ) {
             return Err(CertificateError::Unauthenticated);
         }
-        if self.revoked.contains(&server.key_id) {
+        if self.revoked.contains(&server_key_id) {
             return Err(CertificateError::Revoked {
-                key_id: server.key_id,
+                key_id: server_key_id,
             });
         }
         let server_key = IdentityKey::from_bytes(&server.key)
@@ -260,11 +261,13 @@ impl CertificateValidator {
         let verified = VerifiedSenderCertificate {
             sender: Address {
                 account: key(&proto.account_key, "account_key")?,
-                device: proto.device_id,
+                device: proto
+                    .device_id
+                    .ok_or(DecodeError::InvalidField("device_id"))?,
             },
             identity_key: key(&proto.identity_key, "identity_key")?,
-            expires: Timestamp(proto.expires),
-            server_key_id: server.key_id,
+            expires: Timestamp(proto.expires.ok_or(DecodeError::InvalidField("expires"))?),
+            server_key_id,
         };
         if now >= verified.expires {
             return Err(CertificateError::Expired {

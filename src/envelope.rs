@@ -314,3 +314,83 @@ impl Envelope {
         Ok(Self { recipient, content })
     }
 }
+
+/// Every encoding of the crate, by its leading byte (PROTOCOL.md §8.1), for transports and
+/// stores that dispatch on it before parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WireFormat {
+    /// `0x11` pairwise initial message.
+    PreKeyMessage,
+    /// `0x12` pairwise ratchet message.
+    RatchetMessage,
+    /// `0x21` prekey bundle.
+    Bundle,
+    /// `0x22` prekey upload.
+    PreKeyUpload,
+    /// `0x31` session snapshot.
+    SessionSnapshot,
+    /// `0x32` prekey-secrets snapshot.
+    PreKeysSnapshot,
+    /// `0x33` session book snapshot.
+    SessionBookSnapshot,
+    /// `0x34` group session snapshot.
+    GroupSessionSnapshot,
+    /// `0x35` known-accounts snapshot.
+    KnownAccountsSnapshot,
+    /// `0x41` signed device list.
+    DeviceList,
+    /// `0x42` device link request.
+    LinkRequest,
+    /// `0x52` fan-out body.
+    FanOutBody,
+    /// `0x61` group message.
+    GroupMessage,
+    /// `0x62` sender-key distribution.
+    SenderKeyDistribution,
+    /// `0x71` envelope.
+    Envelope,
+    /// `0x72` multi-recipient sealed upload.
+    SealedUpload,
+    /// `0x73` multi-recipient fan-out upload.
+    FanOutUpload,
+    /// `0x81` server certificate.
+    ServerCertificate,
+    /// `0x82` sender certificate.
+    SenderCertificate,
+    /// `0x91` attachment pointer.
+    AttachmentPointer,
+    /// `0xA1` scannable safety number.
+    ScannableSafetyNumber,
+}
+
+impl WireFormat {
+    /// The format of `bytes` by its leading byte (nothing else is checked).
+    #[must_use]
+    pub fn of(bytes: &[u8]) -> Option<Self> {
+        Some(match *bytes.first()? {
+            0x11 => Self::PreKeyMessage,
+            0x12 => Self::RatchetMessage,
+            0x21 => Self::Bundle,
+            0x22 => Self::PreKeyUpload,
+            0x31 => Self::SessionSnapshot,
+            0x32 => Self::PreKeysSnapshot,
+            0x33 => Self::SessionBookSnapshot,
+            0x34 => Self::GroupSessionSnapshot,
+            0x35 => Self::KnownAccountsSnapshot,
+            0x41 => Self::DeviceList,
+            0x42 => Self::LinkRequest,
+            0x52 => Self::FanOutBody,
+            0x61 => Self::GroupMessage,
+            0x62 => Self::SenderKeyDistribution,
+            0x71 => Self::Envelope,
+            0x72 => Self::SealedUpload,
+            0x73 => Self::FanOutUpload,
+            0x81 => Self::ServerCertificate,
+            0x82 => Self::SenderCertificate,
+            0x91 => Self::AttachmentPointer,
+            0xA1 => Self::ScannableSafetyNumber,
+            _ => return None,
+        })
+    }
+}

@@ -540,26 +540,29 @@ pub struct GroupSessionProto {
 
 // ---- Sealed sender (PROTOCOL.md §19) ---------------------------------------------------------
 
-/// A server certificate's body, before the root's signature. Next tag: 3.
+/// A server certificate's body, before the root's signature. Next tag: 3. Fixed-width,
+/// always-present integers keep every certificate the same length (PROTOCOL.md §19.2).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ServerCertificateProto {
-    #[prost(uint32, tag = "1")]
-    pub key_id: u32,
+    #[prost(fixed32, optional, tag = "1")]
+    pub key_id: Option<u32>,
     #[prost(bytes = "vec", tag = "2")]
     pub key: Vec<u8>,
 }
 
-/// A sender certificate's body, before the server key's signature. Next tag: 6.
+/// A sender certificate's body, before the server key's signature. Next tag: 6. Fixed-width,
+/// always-present integers keep every certificate the same length, so a sealed envelope's
+/// size does not depend on who sent it (PROTOCOL.md §19.2).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SenderCertificateProto {
     #[prost(bytes = "vec", tag = "1")]
     pub account_key: Vec<u8>,
-    #[prost(uint32, tag = "2")]
-    pub device_id: u32,
+    #[prost(fixed32, optional, tag = "2")]
+    pub device_id: Option<u32>,
     #[prost(bytes = "vec", tag = "3")]
     pub identity_key: Vec<u8>,
-    #[prost(uint64, tag = "4")]
-    pub expires: u64,
+    #[prost(fixed64, optional, tag = "4")]
+    pub expires: Option<u64>,
     #[prost(bytes = "vec", tag = "5")]
     pub server_certificate: Vec<u8>,
 }

@@ -30,6 +30,7 @@ use crate::certificate::{CertificateValidator, VerifiedSenderCertificate};
 use crate::codec::{self, SEALED_UPLOAD_V1};
 use crate::envelope::{EnvelopeContent, EnvelopeKind, SEALED_HEADER_LEN, SealedEnvelope};
 use crate::error::{DecodeError, EncryptError, SealedError};
+use crate::fanout::FanOut;
 use crate::kdf::{AeadKey, hkdf_zero_salt};
 use crate::keys::{self, IdentityKey, IdentityKeyPair};
 use crate::limits::{MAX_SEALED_CONTENT_BYTES, MAX_SEALED_ENTRY_BYTES, MAX_UPLOAD_RECIPIENTS};
@@ -144,7 +145,8 @@ fn body_aad(e: &[u8; 32]) -> Vec<u8> {
 /// a single recipient.
 ///
 /// # Errors
-/// [`EncryptError::TooLarge`] for oversized content; [`EncryptError::NotReady`] for a recipient
+/// [`EncryptError::TooLarge`] for oversized content; [`EncryptError::NotReady`] for
+/// [`EnvelopeKind::Sealed`] content, a pairwise kind with other than one recipient, a recipient
 /// without an entry in a fan-out send (or with one otherwise), or a recipient key of small
 /// order.
 pub fn seal(
@@ -155,6 +157,10 @@ pub fn seal(
     content: &[u8],
     recipients: &[SealedRecipient<'_>],
 ) -> Result<Vec<u8>, EncryptError> {
+    let pairwise = matches!(kind, EnvelopeKind::PreKey | EnvelopeKind::Ratchet);
+    if kind == EnvelopeKind::Sealed || (pairwise && recipients.len() != 1) {
+        return Err(EncryptError::NotReady);
+    }
     let plaintext = Zeroizing::new(prost::Message::encode_to_vec(&SealedContentProto {
         sender_certificate: certificate.to_vec(),
         kind: kind.code(),
@@ -377,6 +383,27 @@ impl SessionBook {
         plaintext: &[u8],
     ) -> Result<SealedFanOut, EncryptError> {
         let fan_out = self.fan_out(rng, accounts, sender, plaintext)?;
+        let upload = self.seal_fan_out(rng, identity, certificate, &fan_out)?;
+        Ok(SealedFanOut {
+            upload,
+            needs_bundle: fan_out.needs_bundle.clone(),
+        })
+    }
+
+    /// Seals the entries of a [`FanOut`] made with [`SessionBook::fan_out`] (and completed with
+    /// [`SessionBook::complete_fan_out`] for devices whose bundles the caller fetched), as
+    /// [`SessionBook::fan_out_sealed`] does: the body is the shared sealed content, each entry is
+    /// sealed to its device. Devices still in `needs_bundle` are not in the upload.
+    ///
+    /// # Errors
+    /// As [`seal`]; [`EncryptError::NotReady`] if an entry's device is no longer listed.
+    pub fn seal_fan_out(
+        &self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        certificate: &[u8],
+        fan_out: &FanOut,
+    ) -> Result<Vec<u8>, EncryptError> {
         let mut recipients = Vec::with_capacity(fan_out.entries.len());
         for (address, entry) in &fan_out.entries {
             let identity_key = self.device_key(address).ok_or(EncryptError::NotReady)?;
@@ -386,18 +413,14 @@ impl SessionBook {
                 entry: Some(entry),
             });
         }
-        let upload = seal(
+        seal(
             rng,
             identity,
             certificate,
             EnvelopeKind::FanOut,
             &fan_out.body,
             &recipients,
-        )?;
-        Ok(SealedFanOut {
-            upload,
-            needs_bundle: fan_out.needs_bundle.clone(),
-        })
+        )
     }
 
     /// Seals a shared `content` of `kind` (typically [`EnvelopeKind::Group`], a group message)
@@ -446,12 +469,24 @@ impl SessionBook {
         sealed: &SealedEnvelope,
     ) -> Result<Unsealed, SealedError> {
         let unsealed = open(identity, sealed, validator, now)?;
+        self.verify_sealed_sender(&unsealed)?;
+        Ok(unsealed)
+    }
+
+    /// The check [`SessionBook::open_sealed`] adds to [`open`]: the certified sender is a device
+    /// of a verified device list applied to this book, with exactly the certified identity key.
+    /// For a sender first heard of in a sealed envelope: [`open`], fetch and verify its account's
+    /// device list, [`SessionBook::apply_device_list`], then this.
+    ///
+    /// # Errors
+    /// [`SealedError::UnknownSender`], [`SealedError::IdentityMismatch`].
+    pub fn verify_sealed_sender(&self, unsealed: &Unsealed) -> Result<(), SealedError> {
         match self.device_key(&unsealed.sender()) {
             None => Err(SealedError::UnknownSender),
             Some(key) if key != unsealed.certificate.identity_key() => {
                 Err(SealedError::IdentityMismatch)
             }
-            Some(_) => Ok(unsealed),
+            Some(_) => Ok(()),
         }
     }
 }

@@ -557,6 +557,9 @@ pub fn split_upload(bytes: &[u8]) -> Result<Vec<Envelope>, DecodeError> {
             out.push(Envelope { recipient, content });
         }
     }
+    if out.is_empty() {
+        return Err(DecodeError::InvalidField("recipients"));
+    }
     Ok(out)
 }
 
