@@ -176,7 +176,8 @@ pub struct GroupSend {
 pub struct MembershipUpdate {
     /// Devices that joined.
     pub added: Vec<Address>,
-    /// Devices that left: their sender keys are forgotten, and this device's next send uses a
+    /// Devices that left: their sender keys are retired (never accepted or installed again),
+    /// and this device's next send uses a
     /// fresh sender key that they never receive.
     pub removed: Vec<Address>,
     /// This device's current sender key at its current iteration, for the added devices only
@@ -192,9 +193,10 @@ pub enum KeyStatus {
     /// A new sender key: retry the messages held back with
     /// [`GroupError::UnknownSenderKey`].
     New,
-    /// This sender key was already installed (or was installed before and retired); the
-    /// state is unchanged (never rewound, so a replayed distribution cannot make a decrypted
-    /// message decrypt again).
+    /// This sender key was already installed, was retired, or was retired at once (a stale
+    /// key beyond the [`MAX_SENDER_KEY_STATES`] window). Nothing is rewound, so a replayed
+    /// distribution cannot make a decrypted message decrypt again; the previous-key end it
+    /// announces is still applied, so persist the session after any successful call.
     Known,
     /// This sender key was installed, and the distribution is more than `MAX_SKIP` iterations
     /// ahead of it: the key moved forward to the distributed iteration, so a receiver that
@@ -655,8 +657,7 @@ impl SenderState {
 /// the other member devices, and the member list. A value the caller persists with
 /// [`GroupSession::snapshot`]: **persist it after every [`encrypt`](Self::encrypt) before
 /// sending** (or a crash could reuse a message key), and after every call that changed it
-/// (a successful `decrypt`, `receive_distribution` other than `Known`, `set_members`,
-/// `rotate`), or a crash could undo a removal's rotation or let a message decrypt twice. On
+/// (a successful `decrypt` or `receive_distribution`, `set_members`, `rotate`), or a crash could undo a removal's rotation or let a message decrypt twice. On
 /// start-up, calling `set_members` with the application's current member list is a cheap
 /// safety net.
 pub struct GroupSession {
@@ -733,7 +734,7 @@ impl GroupSession {
         self.policy = policy;
     }
 
-    /// Replaces the member list (PROTOCOL.md §17.6). Removed devices' sender keys are forgotten
+    /// Replaces the member list (PROTOCOL.md §17.6). Removed devices' sender keys are retired
     /// at once (nothing they send is accepted any more) and this device's next send starts a
     /// new sender key distributed only to the remaining devices. Added devices receive this
     /// device's current sender key at its current iteration, so they read nothing sent before.

@@ -73,8 +73,8 @@ pub const MAX_SENDER_KEY_STATES: usize = 5;
 /// [`MAX_SENDER_KEY_STATES`] window is never installed again (PROTOCOL.md §17.4).
 pub const MAX_RETIRED_SENDER_KEYS: usize = 32;
 /// Sender records a group session keeps: current members' and former members' (whose retired
-/// keys are remembered so they can never be installed again; the oldest former members are
-/// forgotten first beyond this).
+/// keys are remembered so they can never be installed again; beyond this, former members'
+/// records are forgotten, lowest address first).
 pub const MAX_SENDER_RECORDS: usize = 2 * MAX_GROUP_DEVICES;
 /// Largest group message accepted by the decoder: the padded [`MAX_PLAINTEXT`] plus the header,
 /// tag and signature.

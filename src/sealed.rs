@@ -33,7 +33,9 @@ use crate::error::{DecodeError, EncryptError, SealedError};
 use crate::fanout::FanOut;
 use crate::kdf::{AeadKey, hkdf_zero_salt};
 use crate::keys::{self, IdentityKey, IdentityKeyPair};
-use crate::limits::{MAX_SEALED_CONTENT_BYTES, MAX_SEALED_ENTRY_BYTES, MAX_UPLOAD_RECIPIENTS};
+use crate::limits::{
+    MAX_SEALED_BODY_BYTES, MAX_SEALED_CONTENT_BYTES, MAX_SEALED_ENTRY_BYTES, MAX_UPLOAD_RECIPIENTS,
+};
 use crate::padding;
 use crate::proto::{SealedContentProto, UploadAccountProto, UploadDeviceProto, UploadProto};
 use crate::time::Timestamp;
@@ -146,7 +148,8 @@ fn body_aad(e: &[u8; 32]) -> Vec<u8> {
 ///
 /// # Errors
 /// [`EncryptError::TooLarge`] for oversized content; [`EncryptError::NotReady`] for
-/// [`EnvelopeKind::Sealed`] content, a pairwise kind with other than one recipient, a recipient
+/// [`EnvelopeKind::Sealed`] content, a pairwise kind with other than one recipient, a repeated
+/// recipient, a recipient
 /// without an entry in a fan-out send (or with one otherwise), or a recipient key of small
 /// order.
 pub fn seal(
@@ -166,10 +169,16 @@ pub fn seal(
         kind: kind.code(),
         content: content.to_vec(),
     }));
-    if plaintext.len() > MAX_SEALED_CONTENT_BYTES || recipients.len() > MAX_UPLOAD_RECIPIENTS {
+    if plaintext.len() > MAX_SEALED_CONTENT_BYTES {
         return Err(EncryptError::TooLarge {
             len: plaintext.len(),
             limit: MAX_SEALED_CONTENT_BYTES,
+        });
+    }
+    if recipients.len() > MAX_UPLOAD_RECIPIENTS {
+        return Err(EncryptError::TooLarge {
+            len: recipients.len(),
+            limit: MAX_UPLOAD_RECIPIENTS,
         });
     }
     let mut m = Zeroizing::new([0u8; 32]);
@@ -185,6 +194,12 @@ pub fn seal(
     let mut accounts: Vec<UploadAccountProto> = Vec::new();
     let mut sorted: Vec<&SealedRecipient<'_>> = recipients.iter().collect();
     sorted.sort_by_key(|r| r.address);
+    if sorted
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if a.address == b.address))
+    {
+        return Err(EncryptError::NotReady);
+    }
     for recipient in sorted {
         if recipient.entry.is_some() != (kind == EnvelopeKind::FanOut) {
             return Err(EncryptError::NotReady);
@@ -281,6 +296,9 @@ pub fn open(
     validator: &CertificateValidator,
     now: Timestamp,
 ) -> Result<Unsealed, SealedError> {
+    if sealed.body.len() > MAX_SEALED_BODY_BYTES || sealed.entry.len() > MAX_SEALED_ENTRY_BYTES {
+        return Err(SealedError::Malformed(DecodeError::InvalidField("size")));
+    }
     let e = sealed.ephemeral;
     let r = identity.public().x25519();
     let r_secret = identity.dh_secret();
@@ -382,6 +400,23 @@ impl SessionBook {
         sender: &Address,
         plaintext: &[u8],
     ) -> Result<SealedFanOut, EncryptError> {
+        // Check what sealing could refuse before the sessions advance.
+        if certificate.len() > crate::certificate::MAX_SENDER_CERTIFICATE_BYTES {
+            return Err(EncryptError::TooLarge {
+                len: certificate.len(),
+                limit: crate::certificate::MAX_SENDER_CERTIFICATE_BYTES,
+            });
+        }
+        let targets = self
+            .devices()
+            .filter(|(a, _)| accounts.contains(&a.account) && a != sender)
+            .count();
+        if targets > MAX_UPLOAD_RECIPIENTS {
+            return Err(EncryptError::TooLarge {
+                len: targets,
+                limit: MAX_UPLOAD_RECIPIENTS,
+            });
+        }
         let fan_out = self.fan_out(rng, accounts, sender, plaintext)?;
         let upload = self.seal_fan_out(rng, identity, certificate, &fan_out)?;
         Ok(SealedFanOut {
