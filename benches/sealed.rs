@@ -71,6 +71,7 @@ fn bench(c: &mut Criterion) {
                     EnvelopeKind::Group,
                     &message,
                     &recipients,
+                    false,
                 )
                 .unwrap(),
             )
@@ -83,6 +84,7 @@ fn bench(c: &mut Criterion) {
         EnvelopeKind::Group,
         &message,
         &recipients,
+        false,
     )
     .unwrap();
     group.bench_function("server/split/1000-devices", |b| {

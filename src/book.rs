@@ -137,6 +137,15 @@ impl SessionBook {
             }
             Some(&last) if list.version() == last => {}
             _ => {
+                // The book never grows past what `restore` accepts.
+                let others = self.devices.keys().filter(|a| a.account != account).count();
+                let count = others.saturating_add(list.entries().len());
+                if count > MAX_BOOK_DEVICES {
+                    return Err(DeviceListError::TooManyDevices {
+                        count,
+                        limit: MAX_BOOK_DEVICES,
+                    });
+                }
                 self.devices.retain(|a, d| {
                     a.account != account || list.device_key(a.device) == Some(d.device_key)
                 });

@@ -42,10 +42,16 @@ use crate::time::Timestamp;
 const SERVER_CERTIFICATE_CONTEXT: &[u8] = b"confidant/server-certificate/v1";
 /// Signature context of a sender certificate (PROTOCOL.md §19.2).
 const SENDER_CERTIFICATE_CONTEXT: &[u8] = b"confidant/sender-certificate/v1";
-/// Largest encoded server certificate accepted.
-const MAX_SERVER_CERTIFICATE_BYTES: usize = 256;
-/// Largest encoded sender certificate accepted (it embeds the server certificate).
-pub const MAX_SENDER_CERTIFICATE_BYTES: usize = 512;
+/// Length of every server certificate: `0x81`, key id (5), key (34), signature (64).
+pub const SERVER_CERTIFICATE_LEN: usize = 104;
+/// Length of every sender certificate (it embeds the server certificate). Certificates are
+/// canonical and of one length, so a sealed envelope's size does not depend on its sender, and
+/// a server cannot tag a sender through its certificate's length (PROTOCOL.md §19.2).
+pub const SENDER_CERTIFICATE_LEN: usize = 253;
+/// Largest encoded sender certificate accepted by the decoder: exactly
+/// [`SENDER_CERTIFICATE_LEN`].
+pub const MAX_SENDER_CERTIFICATE_BYTES: usize = SENDER_CERTIFICATE_LEN;
+const MAX_SERVER_CERTIFICATE_BYTES: usize = SERVER_CERTIFICATE_LEN;
 /// Length of an Ed25519 signature.
 const SIGNATURE_LEN: usize = 64;
 
@@ -220,21 +226,11 @@ impl CertificateValidator {
         certificate: &[u8],
         now: Timestamp,
     ) -> Result<VerifiedSenderCertificate, CertificateError> {
-        let (signed, signature) = split_signed(
-            certificate,
-            SENDER_CERTIFICATE_V1,
-            MAX_SENDER_CERTIFICATE_BYTES,
-        )?;
-        let body = signed.get(1..).ok_or(DecodeError::Empty)?;
-        let proto: SenderCertificateProto = codec::decode_body(body, &[])?;
-
-        let (server_signed, server_signature) = split_signed(
-            &proto.server_certificate,
-            SERVER_CERTIFICATE_V1,
-            MAX_SERVER_CERTIFICATE_BYTES,
-        )?;
-        let server_body = server_signed.get(1..).ok_or(DecodeError::Empty)?;
-        let server: ServerCertificateProto = codec::decode_body(server_body, &[])?;
+        let parsed = parse_canonical(certificate)?;
+        let (signed, signature) = (parsed.signed, parsed.signature);
+        let (server_signed, server_signature) =
+            (&parsed.server_signed[..], &parsed.server_signature[..]);
+        let (proto, server) = (&parsed.proto, &parsed.server);
         let server_key_id = server.key_id.ok_or(DecodeError::InvalidField("key_id"))?;
         if !self.root.verify(
             &signed_message(SERVER_CERTIFICATE_CONTEXT, server_signed),
@@ -277,4 +273,77 @@ impl CertificateValidator {
         }
         Ok(verified)
     }
+}
+
+/// A sender certificate split into its parts, each checked to be the canonical encoding of its
+/// fields (decode, re-encode, compare) and of the one allowed length. Signatures unchecked.
+struct ParsedCertificate<'a> {
+    signed: &'a [u8],
+    signature: &'a [u8],
+    proto: SenderCertificateProto,
+    server_signed: Vec<u8>,
+    server_signature: Vec<u8>,
+    server: ServerCertificateProto,
+}
+
+fn parse_canonical(certificate: &[u8]) -> Result<ParsedCertificate<'_>, DecodeError> {
+    let (signed, signature) = split_signed(
+        certificate,
+        SENDER_CERTIFICATE_V1,
+        MAX_SENDER_CERTIFICATE_BYTES,
+    )?;
+    if certificate.len() != SENDER_CERTIFICATE_LEN {
+        return Err(DecodeError::InvalidField("certificate length"));
+    }
+    let body = signed.get(1..).ok_or(DecodeError::Empty)?;
+    let proto: SenderCertificateProto = codec::decode_body(body, &[])?;
+    if codec::encode(SENDER_CERTIFICATE_V1, &proto) != signed {
+        return Err(DecodeError::InvalidField("non-canonical certificate"));
+    }
+    if proto.server_certificate.len() != SERVER_CERTIFICATE_LEN {
+        return Err(DecodeError::InvalidField("server certificate length"));
+    }
+    let (server_signed, server_signature) = split_signed(
+        &proto.server_certificate,
+        SERVER_CERTIFICATE_V1,
+        MAX_SERVER_CERTIFICATE_BYTES,
+    )?;
+    let server_body = server_signed.get(1..).ok_or(DecodeError::Empty)?;
+    let server: ServerCertificateProto = codec::decode_body(server_body, &[])?;
+    if codec::encode(SERVER_CERTIFICATE_V1, &server) != server_signed {
+        return Err(DecodeError::InvalidField(
+            "non-canonical server certificate",
+        ));
+    }
+    let (server_signed, server_signature) = (server_signed.to_vec(), server_signature.to_vec());
+    Ok(ParsedCertificate {
+        signed,
+        signature,
+        proto,
+        server_signed,
+        server_signature,
+        server,
+    })
+}
+
+/// The certified address and identity key of a canonical sender certificate, **without
+/// checking any signature**: for the sealed-sender authentication tag, which must be checked
+/// before the chain (PROTOCOL.md §19.3), and for a sender checking its own certificate.
+pub(crate) fn unverified_subject(
+    certificate: &[u8],
+) -> Result<(Address, IdentityKey), DecodeError> {
+    let parsed = parse_canonical(certificate)?;
+    let key = |bytes: &[u8], field| {
+        IdentityKey::from_bytes(bytes).map_err(|_| DecodeError::InvalidField(field))
+    };
+    Ok((
+        Address {
+            account: key(&parsed.proto.account_key, "account_key")?,
+            device: parsed
+                .proto
+                .device_id
+                .ok_or(DecodeError::InvalidField("device_id"))?,
+        },
+        key(&parsed.proto.identity_key, "identity_key")?,
+    ))
 }

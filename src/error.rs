@@ -401,6 +401,10 @@ pub enum SealedError {
     /// The certified sender is not a device of any verified device list known here.
     #[error("unknown sender device")]
     UnknownSender,
+    /// The envelope was sealed by this device itself: the decoy of one of its own sends
+    /// (PROTOCOL.md §19.3). Drop it.
+    #[error("sealed by this device itself")]
+    FromSelf,
     /// The certified identity key differs from the one the device list gives for the sender.
     #[error("certificate identity does not match the sender's device key")]
     IdentityMismatch,

@@ -470,3 +470,27 @@ pub fn sender_key_distribution(
         lineage,
     )
 }
+
+/// [`crate::sealed::seal`] without its sender-side checks (a canonical certificate that
+/// certifies `sender_identity`) and without a decoy: lets tests play a misbehaving sender.
+///
+/// # Errors
+/// As [`crate::sealed::seal`].
+pub fn seal_unchecked(
+    rng: &mut (impl rand_core::CryptoRng + ?Sized),
+    sender_identity: &IdentityKeyPair,
+    certificate: &[u8],
+    kind: crate::envelope::EnvelopeKind,
+    content: &[u8],
+    recipients: &[crate::sealed::SealedRecipient<'_>],
+) -> Result<Vec<u8>, EncryptError> {
+    crate::sealed::seal_inner(
+        rng,
+        sender_identity,
+        certificate,
+        kind,
+        content,
+        recipients,
+        None,
+    )
+}

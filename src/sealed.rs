@@ -31,6 +31,7 @@ use crate::codec::{self, SEALED_UPLOAD_V1};
 use crate::envelope::{EnvelopeContent, EnvelopeKind, SEALED_HEADER_LEN, SealedEnvelope};
 use crate::error::{DecodeError, EncryptError, SealedError};
 use crate::fanout::FanOut;
+use crate::group::Distribution;
 use crate::kdf::{AeadKey, hkdf_zero_salt};
 use crate::keys::{self, IdentityKey, IdentityKeyPair};
 use crate::limits::{
@@ -140,14 +141,21 @@ fn body_aad(e: &[u8; 32]) -> Vec<u8> {
 
 /// Seals `content` of `kind` from this device (`sender_identity`, with its sender certificate)
 /// to every recipient device, returning a multi-recipient upload (`0x72`, PROTOCOL.md §19.4) for
-/// the server to split with [`crate::server::split_upload`]. Draws 32 bytes from `rng`.
+/// the server to split with [`crate::server::split_upload`]. Draws 32 bytes from `rng`. With
+/// `decoy`, the upload also holds an envelope for the sending device itself (unless it is a
+/// recipient), which opens to [`SealedError::FromSelf`]: drop it. Use it whenever the server
+/// could know the set the recipients are drawn from — group messages and distributions, and
+/// sends that include the sender's own other devices — so the missing device does not name the
+/// sender. The [`SessionBook`] helpers decide it for you.
 ///
 /// `kind` is [`EnvelopeKind::FanOut`] (then `content` is the fan-out body and each recipient
 /// carries its key entry), [`EnvelopeKind::Group`] (the group message), or a pairwise kind for
 /// a single recipient.
 ///
 /// # Errors
-/// [`EncryptError::TooLarge`] for oversized content; [`EncryptError::NotReady`] for
+/// [`EncryptError::TooLarge`] for oversized content or too many recipients;
+/// [`EncryptError::NotReady`] for no recipient, a certificate that is not canonical or does not
+/// certify `sender_identity`,
 /// [`EnvelopeKind::Sealed`] content, a pairwise kind with other than one recipient, a repeated
 /// recipient, a recipient
 /// without an entry in a fan-out send (or with one otherwise), or a recipient key of small
@@ -159,10 +167,72 @@ pub fn seal(
     kind: EnvelopeKind,
     content: &[u8],
     recipients: &[SealedRecipient<'_>],
+    decoy: bool,
+) -> Result<Vec<u8>, EncryptError> {
+    // The certificate must be canonical and certify this very identity key: its length is then
+    // the same for every sender, and recipients will accept the authentication tag.
+    let (own, certified_key) =
+        crate::certificate::unverified_subject(certificate).map_err(|_| EncryptError::NotReady)?;
+    if certified_key != sender_identity.public() {
+        return Err(EncryptError::NotReady);
+    }
+    seal_inner(
+        rng,
+        sender_identity,
+        certificate,
+        kind,
+        content,
+        recipients,
+        decoy.then_some(own),
+    )
+}
+
+/// [`seal`] without the certificate checks (the decoy, if any, goes to `decoy`): for tests
+/// that play a misbehaving sender, through [`crate::hazmat::seal_unchecked`].
+pub(crate) fn seal_inner(
+    rng: &mut (impl CryptoRng + ?Sized),
+    sender_identity: &IdentityKeyPair,
+    certificate: &[u8],
+    kind: EnvelopeKind,
+    content: &[u8],
+    recipients: &[SealedRecipient<'_>],
+    decoy: Option<Address>,
 ) -> Result<Vec<u8>, EncryptError> {
     let pairwise = matches!(kind, EnvelopeKind::PreKey | EnvelopeKind::Ratchet);
-    if kind == EnvelopeKind::Sealed || (pairwise && recipients.len() != 1) {
+    if kind == EnvelopeKind::Sealed || recipients.is_empty() || (pairwise && recipients.len() != 1)
+    {
         return Err(EncryptError::NotReady);
+    }
+    // With `decoy`, the sending device itself is a recipient too (PROTOCOL.md §19.3), with an
+    // entry as long as the first real one: a send that the server could match against a known
+    // set (a group's members, or an account's devices when the sender's other devices are
+    // recipients) then no longer leaves out exactly the sender. Without it, a one-to-one send
+    // names only the recipients.
+    let decoy_entry: Option<Vec<u8>> = (kind == EnvelopeKind::FanOut).then(|| {
+        vec![
+            0u8;
+            recipients
+                .first()
+                .and_then(|r| r.entry)
+                .map_or(0, <[u8]>::len)
+        ]
+    });
+    let decoy = decoy.map(|own| SealedRecipient {
+        address: own,
+        identity_key: sender_identity.public(),
+        entry: decoy_entry.as_deref(),
+    });
+    let with_decoy: Vec<&SealedRecipient<'_>> = match &decoy {
+        Some(d) if !recipients.iter().any(|r| r.address == d.address) => {
+            recipients.iter().chain(core::iter::once(d)).collect()
+        }
+        _ => recipients.iter().collect(),
+    };
+    if with_decoy.len() > MAX_UPLOAD_RECIPIENTS {
+        return Err(EncryptError::TooLarge {
+            len: with_decoy.len(),
+            limit: MAX_UPLOAD_RECIPIENTS,
+        });
     }
     let plaintext = Zeroizing::new(prost::Message::encode_to_vec(&SealedContentProto {
         sender_certificate: certificate.to_vec(),
@@ -173,12 +243,6 @@ pub fn seal(
         return Err(EncryptError::TooLarge {
             len: plaintext.len(),
             limit: MAX_SEALED_CONTENT_BYTES,
-        });
-    }
-    if recipients.len() > MAX_UPLOAD_RECIPIENTS {
-        return Err(EncryptError::TooLarge {
-            len: recipients.len(),
-            limit: MAX_UPLOAD_RECIPIENTS,
         });
     }
     let mut m = Zeroizing::new([0u8; 32]);
@@ -192,7 +256,7 @@ pub fn seal(
 
     // Group recipients by account (the account key is sent once per account).
     let mut accounts: Vec<UploadAccountProto> = Vec::new();
-    let mut sorted: Vec<&SealedRecipient<'_>> = recipients.iter().collect();
+    let mut sorted = with_decoy;
     sorted.sort_by_key(|r| r.address);
     if sorted
         .windows(2)
@@ -319,14 +383,21 @@ pub fn open(
     let plaintext = padding::unpad(&padded).ok_or(SealedError::Unauthenticated)?;
     let content: SealedContentProto =
         codec::decode_body(&plaintext, &[]).map_err(|_| SealedError::Unauthenticated)?;
-    let certificate = validator.validate(&content.sender_certificate, now)?;
-    let s = certificate.identity_key().x25519();
+    // The tag first, with the certificate's key taken unverified: a certificate error is only
+    // reported for an envelope its certified sender really made (certificates are not secret).
+    let (_, certified_key) = crate::certificate::unverified_subject(&content.sender_certificate)
+        .map_err(|_| SealedError::Unauthenticated)?;
+    let s = certified_key.x25519();
     let static_dh = keys::dh(&r_secret, &s).ok_or(SealedError::Unauthenticated)?;
     let body_hash: [u8; 32] = Sha256::digest(&sealed.body).into();
     let expected = auth_tag(&static_dh, &e, &c, &s, &r, &body_hash, &sealed.entry);
     if !bool::from(expected.ct_eq(at)) {
         return Err(SealedError::Unauthenticated);
     }
+    if certified_key == identity.public() {
+        return Err(SealedError::FromSelf);
+    }
+    let certificate = validator.validate(&content.sender_certificate, now)?;
     let kind = EnvelopeKind::from_code(content.kind)
         .ok_or(SealedError::Malformed(DecodeError::InvalidField("kind")))?;
     let sender = certificate.sender();
@@ -369,7 +440,8 @@ pub fn open(
 /// A sealed fan-out: the upload for the server, and the devices that need a bundle first.
 #[derive(Debug)]
 pub struct SealedFanOut {
-    /// The multi-recipient upload (`0x72`).
+    /// The multi-recipient upload (`0x72`); empty when no listed device has a session (then
+    /// there is nothing to send).
     pub upload: Vec<u8>,
     /// Listed devices without a usable session (see [`SessionBook::fan_out`]); they are not in
     /// the upload.
@@ -401,24 +473,28 @@ impl SessionBook {
         plaintext: &[u8],
     ) -> Result<SealedFanOut, EncryptError> {
         // Check what sealing could refuse before the sessions advance.
-        if certificate.len() > crate::certificate::MAX_SENDER_CERTIFICATE_BYTES {
-            return Err(EncryptError::TooLarge {
-                len: certificate.len(),
-                limit: crate::certificate::MAX_SENDER_CERTIFICATE_BYTES,
-            });
-        }
+        check_sender(identity, certificate)?;
         let targets = self
             .devices()
             .filter(|(a, _)| accounts.contains(&a.account) && a != sender)
             .count();
-        if targets > MAX_UPLOAD_RECIPIENTS {
+        if targets >= MAX_UPLOAD_RECIPIENTS {
             return Err(EncryptError::TooLarge {
                 len: targets,
-                limit: MAX_UPLOAD_RECIPIENTS,
+                limit: MAX_UPLOAD_RECIPIENTS - 1,
             });
         }
         let fan_out = self.fan_out(rng, accounts, sender, plaintext)?;
-        let upload = self.seal_fan_out(rng, identity, certificate, &fan_out)?;
+        if fan_out.entries.is_empty() {
+            return Ok(SealedFanOut {
+                upload: Vec::new(),
+                needs_bundle: fan_out.needs_bundle.clone(),
+            });
+        }
+        // A decoy when the sender's own other devices are recipients (their account is then in
+        // the set anyway; the decoy hides which device sent).
+        let decoy = accounts.contains(&sender.account);
+        let upload = self.seal_fan_out(rng, identity, certificate, &fan_out, decoy)?;
         Ok(SealedFanOut {
             upload,
             needs_bundle: fan_out.needs_bundle.clone(),
@@ -438,6 +514,7 @@ impl SessionBook {
         identity: &IdentityKeyPair,
         certificate: &[u8],
         fan_out: &FanOut,
+        decoy: bool,
     ) -> Result<Vec<u8>, EncryptError> {
         let mut recipients = Vec::with_capacity(fan_out.entries.len());
         for (address, entry) in &fan_out.entries {
@@ -455,6 +532,7 @@ impl SessionBook {
             EnvelopeKind::FanOut,
             &fan_out.body,
             &recipients,
+            decoy,
         )
     }
 
@@ -485,7 +563,17 @@ impl SessionBook {
                 None => unknown.push(*address),
             }
         }
-        let upload = seal(rng, identity, certificate, kind, content, &recipients)?;
+        // Group messages: always a decoy, so the missing member does not name the sender.
+        let decoy = kind != EnvelopeKind::PreKey && kind != EnvelopeKind::Ratchet;
+        let upload = seal(
+            rng,
+            identity,
+            certificate,
+            kind,
+            content,
+            &recipients,
+            decoy,
+        )?;
         Ok((upload, unknown))
     }
 
@@ -523,5 +611,85 @@ impl SessionBook {
             }
             Some(_) => Ok(()),
         }
+    }
+}
+
+impl SessionBook {
+    /// The listed devices of `accounts` (except `sender`) without an active session: fetch their
+    /// bundles and `insert` sessions before a sealed fan-out, which cannot be completed later.
+    #[must_use]
+    pub fn missing_sessions(&self, accounts: &[IdentityKey], sender: &Address) -> Vec<Address> {
+        self.devices()
+            .filter(|(a, active)| !active && accounts.contains(&a.account) && a != sender)
+            .map(|(a, _)| a)
+            .collect()
+    }
+
+    /// [`SessionBook::fan_out_to`], sealed: to exactly the listed devices (for example a group's
+    /// sender-key distribution recipients). Devices without a session are returned in
+    /// `needs_bundle` and left out.
+    ///
+    /// **Persist the book before sending** the upload.
+    ///
+    /// # Errors
+    /// As [`SessionBook::fan_out_sealed`].
+    pub fn fan_out_to_sealed(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        certificate: &[u8],
+        devices: &[Address],
+        plaintext: &[u8],
+    ) -> Result<SealedFanOut, EncryptError> {
+        check_sender(identity, certificate)?;
+        if devices.len() >= MAX_UPLOAD_RECIPIENTS {
+            return Err(EncryptError::TooLarge {
+                len: devices.len(),
+                limit: MAX_UPLOAD_RECIPIENTS - 1,
+            });
+        }
+        let fan_out = self.fan_out_to(rng, devices, plaintext)?;
+        if fan_out.entries.is_empty() {
+            return Ok(SealedFanOut {
+                upload: Vec::new(),
+                needs_bundle: fan_out.needs_bundle.clone(),
+            });
+        }
+        // Explicit device lists are typically a group's members: always a decoy.
+        let upload = self.seal_fan_out(rng, identity, certificate, &fan_out, true)?;
+        Ok(SealedFanOut {
+            upload,
+            needs_bundle: fan_out.needs_bundle.clone(),
+        })
+    }
+
+    /// A group's sender-key distribution, sealed, to exactly its recipients.
+    ///
+    /// **Persist the book before sending** the upload.
+    ///
+    /// # Errors
+    /// As [`SessionBook::fan_out_to_sealed`].
+    pub fn send_distribution_sealed(
+        &mut self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        certificate: &[u8],
+        distribution: &Distribution,
+    ) -> Result<SealedFanOut, EncryptError> {
+        self.fan_out_to_sealed(
+            rng,
+            identity,
+            certificate,
+            &distribution.recipients,
+            &distribution.message,
+        )
+    }
+}
+
+/// The checks [`seal`] makes on the certificate, done before any session advances.
+fn check_sender(identity: &IdentityKeyPair, certificate: &[u8]) -> Result<(), EncryptError> {
+    match crate::certificate::unverified_subject(certificate) {
+        Ok((_, key)) if key == identity.public() => Ok(()),
+        _ => Err(EncryptError::NotReady),
     }
 }

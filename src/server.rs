@@ -17,7 +17,7 @@ use crate::limits::{
 };
 use crate::limits::{
     MAX_FANOUT_BODY_BYTES, MAX_MESSAGE_BYTES, MAX_SEALED_BODY_BYTES, MAX_SEALED_ENTRY_BYTES,
-    MAX_SEALED_UPLOAD_BYTES, MAX_UPLOAD_RECIPIENTS,
+    MAX_SEALED_UPLOAD_BYTES, MAX_SPLIT_BYTES, MAX_UPLOAD_RECIPIENTS,
 };
 use crate::proto::{PreKeyUploadProto, UploadProto};
 
@@ -516,6 +516,16 @@ pub fn split_upload(bytes: &[u8]) -> Result<Vec<Envelope>, DecodeError> {
     };
     if proto.body.len() > body_limit {
         return Err(DecodeError::InvalidField("body"));
+    }
+    // Every envelope carries its own copy of the body: refuse an upload whose split would
+    // amplify it beyond MAX_SPLIT_BYTES (a server storing the body once can parse the upload
+    // itself). Counted before anything is copied.
+    let devices: usize = proto.accounts.iter().map(|a| a.devices.len()).sum();
+    if devices.saturating_mul(proto.body.len()) > MAX_SPLIT_BYTES {
+        return Err(DecodeError::TooLarge {
+            len: devices.saturating_mul(proto.body.len()),
+            limit: MAX_SPLIT_BYTES,
+        });
     }
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();

@@ -166,6 +166,7 @@ fn a_sealed_fan_out_reaches_every_device_and_hides_the_sender() {
         .unwrap();
     assert!(sealed.needs_bundle.is_empty());
     let envelopes = server::split_upload(&sealed.upload).unwrap();
+    // Bob's two devices only: a one-to-one send to another account carries no decoy.
     assert_eq!(envelopes.len(), 2);
     for envelope in envelopes {
         // What the server stores and the recipient fetches.
@@ -269,7 +270,19 @@ fn a_sealed_group_message_and_per_device_overhead() {
         .unwrap();
     assert!(unknown.is_empty());
     let envelopes = server::split_upload(&upload).unwrap();
-    assert_eq!(envelopes.len(), 2);
+    // The two other members, and a decoy sealed to Alice's sending device itself (so the
+    // recipient set does not leave out exactly the sender), which opens to `FromSelf`.
+    assert_eq!(envelopes.len(), 3, "two members and the sender's decoy");
+    let decoy = envelopes.iter().find(|e| e.recipient == a.address).unwrap();
+    let EnvelopeContent::Sealed(ds) = &decoy.content else {
+        panic!()
+    };
+    assert_eq!(
+        a.book
+            .open_sealed(&a.identity, &w.validator, T, ds)
+            .unwrap_err(),
+        SealedError::FromSelf
+    );
     let bob1 = &w.bob.devices[0];
     let mut bob_group =
         GroupSession::new(id, bob1.address, &members, RotationPolicy::default()).unwrap();
@@ -328,6 +341,7 @@ fn a_sealed_group_message_and_per_device_overhead() {
         EnvelopeKind::Group,
         &sent.message,
         &recipients[..1],
+        true,
     )
     .unwrap();
     let all = sealed::seal(
@@ -337,6 +351,7 @@ fn a_sealed_group_message_and_per_device_overhead() {
         EnvelopeKind::Group,
         &sent.message,
         &recipients,
+        true,
     )
     .unwrap();
     let per_device = (all.len() - one.len()) as f64 / 999.0;
@@ -347,5 +362,5 @@ fn a_sealed_group_message_and_per_device_overhead() {
         all.len()
     );
     assert!(per_device < 70.0, "{per_device} B per device");
-    assert_eq!(server::split_upload(&all).unwrap().len(), 1000);
+    assert_eq!(server::split_upload(&all).unwrap().len(), 1001);
 }

@@ -2192,6 +2192,7 @@ fn sealed_sender_vectors() {
             kind,
             &content,
             &recipients,
+            false,
         )
         .unwrap();
         assert_eq!(rng.next, 32, "{n}: M is the only randomness");
@@ -2423,6 +2424,7 @@ fn regenerate_sealed() {
                 *kind,
                 &content,
                 &recipients,
+                false,
             )
             .unwrap();
             let envelopes = confidant::server::split_upload(&upload).unwrap();

@@ -28,7 +28,8 @@ use confidant::group::{
 use confidant::safety::{KeyChange, KnownAccounts, SafetyNumber};
 use confidant::sealed::{self, SealedRecipient};
 use confidant::{
-    DecryptError, IdentityKey, IdentityKeyPair, Message, PreKeyBundle, PreKeys, Session, Timestamp,
+    DecryptError, IdentityKey, IdentityKeyPair, Message, PreKeyBundle, PreKeys, SealedError,
+    Session, Timestamp,
 };
 use rand_chacha::ChaCha20Rng;
 
@@ -821,6 +822,7 @@ impl Device {
             EnvelopeKind::FanOut,
             &fan_out.body,
             &recipients,
+            true, // a decoy to itself: explicit recipient sets are group-like
         )
         .map_err(ctx("seal"))?;
         self.persist()?; // persist before send
@@ -900,6 +902,18 @@ impl Device {
     }
 
     /// Processes a fetched batch (persisting after every envelope) without acknowledging.
+    /// Whether `bytes` is the decoy of one of this device's own sealed sends (sealed to itself
+    /// so that the server cannot tell the sender from the recipient set): dropped on receipt.
+    pub(crate) fn is_own_decoy(&self, bytes: &[u8]) -> bool {
+        match Envelope::from_bytes(bytes).map(|e| e.content) {
+            Ok(EnvelopeContent::Sealed(s)) => matches!(
+                sealed::open(&self.identity, &s, &self.validator, Timestamp(0)),
+                Err(SealedError::FromSelf)
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn process_batch(
         &mut self,
         rng: &mut ChaCha20Rng,
@@ -950,6 +964,8 @@ impl Device {
                     .open_sealed(&self.identity, &self.validator, now, &s)
                 {
                     Ok(unsealed) => (unsealed.sender(), unsealed.content),
+                    // The decoy of one of this device's own sends: nothing to read.
+                    Err(SealedError::FromSelf) => return Vec::new(),
                     Err(e) => return vec![self.rejected(None, format!("sealed: {e}"), false)],
                 }
             }

@@ -1130,7 +1130,15 @@ impl World {
         self.offline.insert("bob.phone");
         self.advance();
         let bob = get(&mut self.devices, "bob.phone")?.address;
-        let batch = self.relay.fetch(&bob);
+        // Bob's own decoys (sealed to himself) are dropped on receipt: leave them out of the
+        // count.
+        let d = get(&mut self.devices, "bob.phone")?;
+        let batch: Vec<_> = self
+            .relay
+            .fetch(&bob)
+            .into_iter()
+            .filter(|s| !d.is_own_decoy(&s.bytes))
+            .collect();
         let notes = self.relay_notes();
         let first: Vec<_> = batch.iter().take(2).cloned().collect();
         let d = get(&mut self.devices, "bob.phone")?;
