@@ -201,10 +201,11 @@ struct ChunkCipher {
 }
 
 impl ChunkCipher {
-    /// `aes_key || nonce_prefix = HKDF-SHA-256(salt = 0^32, IKM = K, info = ATTACHMENT_INFO,
-    /// L = 39)` (PROTOCOL.md §20.2).
-    fn new(key: &[u8; KEY_LEN]) -> Self {
-        let okm = derive(key);
+    /// `aes_key || nonce_prefix = HKDF-SHA-256(salt = 0^32, IKM = K, info = ATTACHMENT_INFO ||
+    /// u32be(chunk_size), L = 39)` (PROTOCOL.md §20.2): binding the chunk size means one key
+    /// resumed with another chunk size gets other keys, never a reused nonce.
+    fn new(key: &[u8; KEY_LEN], chunk_size: u32) -> Self {
+        let okm = derive(key, chunk_size);
         let mut aes_key = Zeroizing::new([0u8; AES_KEY_LEN]);
         let mut nonce_prefix = Zeroizing::new([0u8; NONCE_PREFIX_LEN]);
         if let Some((k, p)) = okm.split_first_chunk::<AES_KEY_LEN>() {
@@ -292,12 +293,15 @@ impl ChunkCipher {
     }
 }
 
-/// HKDF-SHA-256(salt = 0^32, IKM = K, info = ATTACHMENT_INFO, L = 39).
-fn derive(key: &[u8; KEY_LEN]) -> Zeroizing<[u8; OKM_LEN]> {
+/// HKDF-SHA-256(salt = 0^32, IKM = K, info = ATTACHMENT_INFO || u32be(chunk_size), L = 39).
+fn derive(key: &[u8; KEY_LEN], chunk_size: u32) -> Zeroizing<[u8; OKM_LEN]> {
     let mut okm = Zeroizing::new([0u8; OKM_LEN]);
     let hk = Hkdf::<Sha256>::new(Some(&ZERO_SALT), key);
     // Cannot fail: 39 bytes is far below 255 * HashLen.
-    if hk.expand(ATTACHMENT_INFO, &mut *okm).is_err() {
+    if hk
+        .expand_multi_info(&[ATTACHMENT_INFO, &chunk_size.to_be_bytes()], &mut *okm)
+        .is_err()
+    {
         okm.zeroize();
     }
     okm
@@ -586,7 +590,7 @@ impl AttachmentEncryptor {
         Ok(Self {
             key: Zeroizing::new(*key),
             sealer: Sealer {
-                cipher: ChunkCipher::new(key),
+                cipher: ChunkCipher::new(key, chunk_size),
                 index: 0,
                 hasher: Sha256::new(),
             },
@@ -737,7 +741,7 @@ pub fn encrypt_chunk(
         return Err(AttachmentError::TooLarge);
     }
     let mut out = Vec::with_capacity(plaintext.len().saturating_add(TAG_LEN));
-    ChunkCipher::new(key).seal_into(index, last, plaintext, &mut out);
+    ChunkCipher::new(key, chunk_size).seal_into(index, last, plaintext, &mut out);
     Ok(out)
 }
 
@@ -788,7 +792,7 @@ impl AttachmentDecryptor {
             .unwrap_or(usize::MAX)
             .saturating_add(TAG_LEN);
         Self {
-            cipher: ChunkCipher::new(&pointer.key),
+            cipher: ChunkCipher::new(&pointer.key, pointer.chunk_size),
             digest: pointer.digest,
             chunk_size: pointer.chunk_size,
             chunks,
@@ -1001,7 +1005,7 @@ pub fn decrypt_chunk(
 ) -> Result<Zeroizing<Vec<u8>>, AttachmentError> {
     let mut out = Zeroizing::new(Vec::new());
     open_chunk(
-        &ChunkCipher::new(&pointer.key),
+        &ChunkCipher::new(&pointer.key, pointer.chunk_size),
         pointer,
         index,
         chunk_ciphertext,
@@ -1054,7 +1058,7 @@ pub fn decrypt_range(
     if u64::try_from(ciphertext.len()).ok() != Some(ct_len) {
         return Err(AttachmentError::Unauthenticated);
     }
-    let cipher = ChunkCipher::new(&pointer.key);
+    let cipher = ChunkCipher::new(&pointer.key, pointer.chunk_size);
     let pt_len = chunks.plaintext.end.saturating_sub(chunks.plaintext.start);
     let mut out = Zeroizing::new(Vec::with_capacity(
         usize::try_from(pt_len).map_err(|_| AttachmentError::TooLarge)?,
@@ -1119,7 +1123,7 @@ mod tests {
 
     #[test]
     fn nonce_layout() {
-        let cipher = ChunkCipher::new(&[7; 32]);
+        let cipher = ChunkCipher::new(&[7; 32], DEFAULT_CHUNK_SIZE);
         let n = cipher.nonce(0x0102_0304, true);
         assert_eq!(&n[..7], &cipher.nonce_prefix[..]);
         assert_eq!(&n[7..], &[1, 2, 3, 4, 1]);

@@ -976,7 +976,14 @@ fn attachment_vectors() {
         // Independently.
         let mut okm = [0u8; 39];
         hkdf::Hkdf::<sha2::Sha256>::new(Some(&[0u8; 32]), &key)
-            .expand(b"confidant/attachment/v1", &mut okm)
+            .expand(
+                &[
+                    b"confidant/attachment/v1".as_slice(),
+                    &chunk_size.to_be_bytes(),
+                ]
+                .concat(),
+                &mut okm,
+            )
             .unwrap();
         assert_eq!(
             hex::encode(&okm[..32]),
@@ -1098,7 +1105,10 @@ fn regenerate_attachment_vectors() {
             let pointer = enc.finish(&mut ct);
             let mut okm = [0u8; 39];
             hkdf::Hkdf::<sha2::Sha256>::new(Some(&[0u8; 32]), &key)
-                .expand(b"confidant/attachment/v1", &mut okm)
+                .expand(
+                    &[b"confidant/attachment/v1".as_slice(), &C.to_be_bytes()].concat(),
+                    &mut okm,
+                )
                 .unwrap();
             let n = size.div_ceil(CU).max(1);
             let chunks: Vec<Value> = (0..n)
