@@ -122,7 +122,8 @@ impl SessionBook {
     /// Returns the listed devices that have no session yet: fetch their bundles.
     ///
     /// # Errors
-    /// [`DeviceListError::Rollback`]; the book is unchanged.
+    /// [`DeviceListError::Rollback`]; [`DeviceListError::TooManyDevices`] if the book would hold
+    /// more than [`MAX_BOOK_DEVICES`] devices. The book is unchanged.
     pub fn apply_device_list(
         &mut self,
         list: &VerifiedDeviceList,

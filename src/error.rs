@@ -290,9 +290,11 @@ pub enum DeviceListError {
     /// More devices than allowed.
     #[error("{count} devices exceed the limit of {limit}")]
     TooManyDevices {
-        /// Entries in the list.
+        /// Entries in the list (or, from `SessionBook::apply_device_list`, devices the book
+        /// would hold).
         count: usize,
-        /// [`MAX_DEVICES_PER_ACCOUNT`](crate::limits::MAX_DEVICES_PER_ACCOUNT).
+        /// [`MAX_DEVICES_PER_ACCOUNT`](crate::limits::MAX_DEVICES_PER_ACCOUNT) (or
+        /// [`MAX_BOOK_DEVICES`](crate::limits::MAX_BOOK_DEVICES)).
         limit: usize,
     },
 }
@@ -391,8 +393,9 @@ pub enum SealedError {
     /// An outer field is malformed.
     #[error("malformed sealed envelope: {0}")]
     Malformed(#[from] DecodeError),
-    /// Any cryptographic failure: not sealed to this device, a tampered header, body or
-    /// entry, an authentication tag that does not match the certified sender.
+    /// Any authentication failure: not sealed to this device, a tampered header, body or
+    /// entry, a certificate that does not even parse canonically, an authentication tag that
+    /// does not match the certified key.
     #[error("sealed envelope failed authentication")]
     Unauthenticated,
     /// The sender certificate was refused.

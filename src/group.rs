@@ -150,6 +150,17 @@ pub struct Distribution {
     pub recipients: Vec<Address>,
     /// The encoded [`SenderKeyDistribution`] (`0x62 || …`), the pairwise plaintext.
     pub message: Zeroizing<Vec<u8>>,
+    /// Whether it goes to every other member (a new key), rather than to some (newcomers, a
+    /// resend): sealed, only the former takes a decoy (PROTOCOL.md §19.3).
+    whole_group: bool,
+}
+
+impl Distribution {
+    /// Whether it goes to every other member device (a new key) rather than to some of them.
+    #[must_use]
+    pub fn is_whole_group(&self) -> bool {
+        self.whole_group
+    }
 }
 
 impl fmt::Debug for Distribution {
@@ -770,6 +781,7 @@ impl GroupSession {
             (Some(key), false) => Some(Distribution {
                 recipients: added.clone(),
                 message: key.distribution(self.group_id),
+                whole_group: false,
             }),
             _ => None,
         };
@@ -823,6 +835,7 @@ impl GroupSession {
         (!recipients.is_empty()).then(|| Distribution {
             recipients,
             message: key.distribution(self.group_id),
+            whole_group: false,
         })
     }
 
@@ -860,6 +873,7 @@ impl GroupSession {
                 distribution = Some(Distribution {
                     recipients,
                     message: key.distribution(self.group_id),
+                    whole_group: true,
                 });
             }
             self.sending = Some(key);

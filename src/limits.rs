@@ -103,6 +103,6 @@ pub const MAX_UPLOAD_RECIPIENTS: usize = MAX_GROUP_DEVICES;
 /// header, routing data and a fan-out key entry (up to an initial message's size).
 pub const MAX_SEALED_UPLOAD_BYTES: usize = 64 * 1024 * 1024;
 /// Most bytes of bodies `server::split_upload` copies out of one upload (recipients × body
-/// length): 64 MiB, e.g. a 64 KiB group message to 1000 devices. Larger sends must be stored
-/// with the body once.
+/// length): 64 MiB, e.g. a 64 KiB sealed body to 1000 devices. Larger sends must be stored with
+/// the body once.
 pub const MAX_SPLIT_BYTES: usize = 64 * 1024 * 1024;

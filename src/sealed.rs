@@ -12,8 +12,9 @@
 //! "confidant/sealed/v1/auth", 16)` where `S` is the sender device's identity X25519 key.
 //!
 //! The recipient recovers `M`, re-derives `E` from it (so every recipient of one send sees the
-//! same `E`), opens the body, validates the certificate, and checks `AT`, which proves the
-//! sender holds the certified identity key and binds the header to this body and entry.
+//! same `E`), opens the body, checks `AT` with the certificate's identity key (which proves the
+//! sender holds it and binds the header to this body and entry), and only then validates the
+//! certificate chain.
 
 use core::fmt;
 
@@ -204,18 +205,21 @@ pub(crate) fn seal_inner(
         return Err(EncryptError::NotReady);
     }
     // With `decoy`, the sending device itself is a recipient too (PROTOCOL.md §19.3), with an
-    // entry as long as the first real one: a send that the server could match against a known
+    // entry as long as the most common real one: a send that the server could match against a known
     // set (a group's members, or an account's devices when the sender's other devices are
     // recipients) then no longer leaves out exactly the sender. Without it, a one-to-one send
     // names only the recipients.
+    let decoy = if pairwise { None } else { decoy };
     let decoy_entry: Option<Vec<u8>> = (kind == EnvelopeKind::FanOut).then(|| {
-        vec![
-            0u8;
-            recipients
-                .first()
-                .and_then(|r| r.entry)
-                .map_or(0, <[u8]>::len)
-        ]
+        let mut counts: std::collections::BTreeMap<usize, usize> = Default::default();
+        for r in recipients {
+            *counts.entry(r.entry.map_or(0, <[u8]>::len)).or_default() += 1;
+        }
+        let len = counts
+            .iter()
+            .max_by_key(|(len, n)| (**n, core::cmp::Reverse(**len)))
+            .map_or(0, |(len, _)| *len);
+        vec![0u8; len]
     });
     let decoy = decoy.map(|own| SealedRecipient {
         address: own,
@@ -473,7 +477,9 @@ impl SessionBook {
         plaintext: &[u8],
     ) -> Result<SealedFanOut, EncryptError> {
         // Check what sealing could refuse before the sessions advance.
-        check_sender(identity, certificate)?;
+        if check_sender(identity, certificate)? != *sender {
+            return Err(EncryptError::NotReady);
+        }
         let targets = self
             .devices()
             .filter(|(a, _)| accounts.contains(&a.account) && a != sender)
@@ -563,6 +569,9 @@ impl SessionBook {
                 None => unknown.push(*address),
             }
         }
+        if recipients.is_empty() {
+            return Ok((Vec::new(), unknown));
+        }
         // Group messages: always a decoy, so the missing member does not name the sender.
         let decoy = kind != EnvelopeKind::PreKey && kind != EnvelopeKind::Ratchet;
         let upload = seal(
@@ -625,9 +634,10 @@ impl SessionBook {
             .collect()
     }
 
-    /// [`SessionBook::fan_out_to`], sealed: to exactly the listed devices (for example a group's
-    /// sender-key distribution recipients). Devices without a session are returned in
-    /// `needs_bundle` and left out.
+    /// [`SessionBook::fan_out_to`], sealed: to exactly the listed devices. Devices without a
+    /// session are returned in `needs_bundle` and left out. Pass `decoy` when the devices are a
+    /// set the server may know in full (a whole group, all of an account's devices), so the
+    /// missing sender is not exposed; not for a subset, where the decoy would add the sender.
     ///
     /// **Persist the book before sending** the upload.
     ///
@@ -640,6 +650,7 @@ impl SessionBook {
         certificate: &[u8],
         devices: &[Address],
         plaintext: &[u8],
+        decoy: bool,
     ) -> Result<SealedFanOut, EncryptError> {
         check_sender(identity, certificate)?;
         if devices.len() >= MAX_UPLOAD_RECIPIENTS {
@@ -655,8 +666,7 @@ impl SessionBook {
                 needs_bundle: fan_out.needs_bundle.clone(),
             });
         }
-        // Explicit device lists are typically a group's members: always a decoy.
-        let upload = self.seal_fan_out(rng, identity, certificate, &fan_out, true)?;
+        let upload = self.seal_fan_out(rng, identity, certificate, &fan_out, decoy)?;
         Ok(SealedFanOut {
             upload,
             needs_bundle: fan_out.needs_bundle.clone(),
@@ -676,20 +686,23 @@ impl SessionBook {
         certificate: &[u8],
         distribution: &Distribution,
     ) -> Result<SealedFanOut, EncryptError> {
+        // A decoy only for a new key to the whole group: for newcomers or a resend it would add
+        // the sender to a set that otherwise names only the recipients.
         self.fan_out_to_sealed(
             rng,
             identity,
             certificate,
             &distribution.recipients,
             &distribution.message,
+            distribution.is_whole_group(),
         )
     }
 }
 
 /// The checks [`seal`] makes on the certificate, done before any session advances.
-fn check_sender(identity: &IdentityKeyPair, certificate: &[u8]) -> Result<(), EncryptError> {
+fn check_sender(identity: &IdentityKeyPair, certificate: &[u8]) -> Result<Address, EncryptError> {
     match crate::certificate::unverified_subject(certificate) {
-        Ok((_, key)) if key == identity.public() => Ok(()),
+        Ok((address, key)) if key == identity.public() => Ok(address),
         _ => Err(EncryptError::NotReady),
     }
 }
