@@ -1,0 +1,4 @@
+//! `session_decrypt`: see `confidant_fuzz::pairwise` for the input format and the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| confidant_fuzz::pairwise::run(data));
