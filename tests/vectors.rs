@@ -2108,6 +2108,38 @@ fn u32_of(v: &Value, key: &str) -> u32 {
     u32::try_from(v[key].as_u64().unwrap()).unwrap()
 }
 
+/// A recipient device of a sealed vector: address, identity key pair, fan-out entry.
+struct SealedParty {
+    address: Address,
+    identity: IdentityKeyPair,
+    entry: Option<Vec<u8>>,
+}
+
+fn sealed_parties(recipients: &[Value]) -> Vec<SealedParty> {
+    recipients
+        .iter()
+        .map(|r| SealedParty {
+            address: Address {
+                account: IdentityKeyPair::from_seed(&h32(r, "account_seed")).public(),
+                device: u32_of(r, "device"),
+            },
+            identity: IdentityKeyPair::from_seed(&h32(r, "identity_seed")),
+            entry: r["entry"].as_str().map(|e| hex::decode(e).unwrap()),
+        })
+        .collect()
+}
+
+fn sealed_recipients(parties: &[SealedParty]) -> Vec<confidant::sealed::SealedRecipient<'_>> {
+    parties
+        .iter()
+        .map(|p| confidant::sealed::SealedRecipient {
+            address: p.address,
+            identity_key: p.identity.public(),
+            entry: p.entry.as_deref(),
+        })
+        .collect()
+}
+
 /// The sealed content as PROTOCOL.md §19.3 defines it, written independently of the crate.
 #[derive(Clone, PartialEq, prost::Message)]
 struct SealedContentWire {
@@ -2127,7 +2159,7 @@ struct SealedContentWire {
 fn sealed_sender_vectors() {
     use confidant::certificate::{CertificateValidator, SenderCertificate, ServerCertificate};
     use confidant::envelope::{Envelope, EnvelopeContent, EnvelopeKind};
-    use confidant::sealed::{self, SealedRecipient};
+    use confidant::sealed;
 
     let vectors = documents_of(SEALED_PROFILE, "sealed_sender");
     assert!(vectors.len() >= 3, "only {} sealed vectors", vectors.len());
@@ -2159,27 +2191,9 @@ fn sealed_sender_vectors() {
         let kind = EnvelopeKind::from_code(u32_of(v, "kind")).unwrap();
         let content = h(v, "content");
         let recipients_json = v["recipients"].as_array().unwrap();
-        let identities: Vec<IdentityKeyPair> = recipients_json
-            .iter()
-            .map(|r| IdentityKeyPair::from_seed(&h32(r, "identity_seed")))
-            .collect();
-        let entries: Vec<Option<Vec<u8>>> = recipients_json
-            .iter()
-            .map(|r| r["entry"].as_str().map(|e| hex::decode(e).unwrap()))
-            .collect();
-        let recipients: Vec<SealedRecipient<'_>> = recipients_json
-            .iter()
-            .zip(&identities)
-            .zip(&entries)
-            .map(|((r, id), entry)| SealedRecipient {
-                address: Address {
-                    account: IdentityKeyPair::from_seed(&h32(r, "account_seed")).public(),
-                    device: u32_of(r, "device"),
-                },
-                identity_key: id.public(),
-                entry: entry.as_deref(),
-            })
-            .collect();
+        let parties = sealed_parties(recipients_json);
+        let identities: Vec<&IdentityKeyPair> = parties.iter().map(|p| &p.identity).collect();
+        let recipients = sealed_recipients(&parties);
         let m = h32(v, "m");
         let mut rng = ByteStreamRng {
             bytes: m.to_vec(),
@@ -2325,7 +2339,7 @@ fn sealed_sender_vectors() {
 fn regenerate_sealed() {
     use confidant::certificate::{SenderCertificate, ServerCertificate};
     use confidant::envelope::EnvelopeKind;
-    use confidant::sealed::{self, SealedRecipient};
+    use confidant::sealed;
 
     /// (name, kind, content length, recipient devices (id, with a fan-out entry)).
     type Case = (&'static str, EnvelopeKind, usize, &'static [(u32, bool)]);
@@ -2392,27 +2406,8 @@ fn regenerate_sealed() {
                 })
                 .collect();
             let m = rand32(&mut rng);
-            let identities: Vec<IdentityKeyPair> = recipients_json
-                .iter()
-                .map(|r| IdentityKeyPair::from_seed(&h32(r, "identity_seed")))
-                .collect();
-            let entries: Vec<Option<Vec<u8>>> = recipients_json
-                .iter()
-                .map(|r| r["entry"].as_str().map(|e| hex::decode(e).unwrap()))
-                .collect();
-            let recipients: Vec<SealedRecipient<'_>> = recipients_json
-                .iter()
-                .zip(&identities)
-                .zip(&entries)
-                .map(|((r, id), entry)| SealedRecipient {
-                    address: Address {
-                        account: IdentityKeyPair::from_seed(&h32(r, "account_seed")).public(),
-                        device: u32_of(r, "device"),
-                    },
-                    identity_key: id.public(),
-                    entry: entry.as_deref(),
-                })
-                .collect();
+            let parties = sealed_parties(&recipients_json);
+            let recipients = sealed_recipients(&parties);
             let mut srng = ByteStreamRng {
                 bytes: m.to_vec(),
                 next: 0,
