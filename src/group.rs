@@ -337,13 +337,8 @@ impl SenderKeyDistribution {
         let proto: SenderKeyDistributionProto =
             codec::decode(bytes, DISTRIBUTION_V1, MAX_DISTRIBUTION_BYTES)?;
         let chain = ChainKey::from_bytes(codec::array(&proto.chain_key, "chain_key")?);
-        let previous = match (proto.previous_key_id, proto.previous_end) {
-            (None, None) => None,
-            (Some(key_id), Some(end)) if key_id != proto.key_id => {
-                Some(PreviousKey { key_id, end })
-            }
-            _ => return Err(DecodeError::InvalidField("previous key")),
-        };
+        let previous = previous_key(proto.key_id, proto.previous_key_id, proto.previous_end)
+            .ok_or(DecodeError::InvalidField("previous key"))?;
         Ok(Self {
             group_id: GroupId::parse(&proto.group_id)?,
             key_id: proto.key_id,
@@ -416,6 +411,16 @@ impl fmt::Debug for SenderKeyDistribution {
             .field("iteration", &self.iteration)
             .field("chain_key", &"<redacted>")
             .finish_non_exhaustive()
+    }
+}
+
+/// The previous key named by a distribution or snapshot (fields set together or not at all,
+/// never the key itself): `Some(None)` when absent, `None` when malformed.
+fn previous_key(key_id: u32, id: Option<u32>, end: Option<u32>) -> Option<Option<PreviousKey>> {
+    match (id, end) {
+        (None, None) => Some(None),
+        (Some(id), Some(end)) if id != key_id => Some(Some(PreviousKey { key_id: id, end })),
+        _ => None,
     }
 }
 
@@ -1233,13 +1238,8 @@ impl GroupSession {
                         .map_err(|_| invariant("signing_seed"))?,
                 )),
                 created_at: Timestamp(k.created_at),
-                previous: match (k.previous_key_id, k.previous_end) {
-                    (None, None) => None,
-                    (Some(key_id), Some(end)) if key_id != k.key_id => {
-                        Some(PreviousKey { key_id, end })
-                    }
-                    _ => return Err(invariant("previous key")),
-                },
+                previous: previous_key(k.key_id, k.previous_key_id, k.previous_end)
+                    .ok_or(invariant("previous key"))?,
                 lineage: k.lineage,
             }),
         };
@@ -1275,13 +1275,8 @@ impl GroupSession {
                     verifying: parse_verifying_key(&k.signing_key)
                         .ok_or(invariant("signing_key"))?,
                     end: k.end,
-                    previous: match (k.previous_key_id, k.previous_end) {
-                        (None, None) => None,
-                        (Some(key_id), Some(end)) if key_id != k.key_id => {
-                            Some(PreviousKey { key_id, end })
-                        }
-                        _ => return Err(invariant("previous key")),
-                    },
+                    previous: previous_key(k.key_id, k.previous_key_id, k.previous_end)
+                        .ok_or(invariant("previous key"))?,
                     lineage: k.lineage,
                 });
             }

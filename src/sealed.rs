@@ -491,20 +491,60 @@ impl SessionBook {
             });
         }
         let fan_out = self.fan_out(rng, accounts, sender, plaintext)?;
-        if fan_out.entries.is_empty() {
-            return Ok(SealedFanOut {
-                upload: Vec::new(),
-                needs_bundle: fan_out.needs_bundle.clone(),
-            });
-        }
         // A decoy when the sender's own other devices are recipients (their account is then in
         // the set anyway; the decoy hides which device sent).
-        let decoy = accounts.contains(&sender.account);
-        let upload = self.seal_fan_out(rng, identity, certificate, &fan_out, decoy)?;
+        let decoy = accounts.contains(&sender.account).then_some(*sender);
+        self.seal_sealed_fan_out(rng, identity, certificate, &fan_out, decoy)
+    }
+
+    /// Seals a fan-out whose sender was already checked against `certificate` (`decoy`: the
+    /// sender's address, or none): an empty upload when no entry was made.
+    fn seal_sealed_fan_out(
+        &self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        certificate: &[u8],
+        fan_out: &FanOut,
+        decoy: Option<Address>,
+    ) -> Result<SealedFanOut, EncryptError> {
+        let upload = if fan_out.entries.is_empty() {
+            Vec::new()
+        } else {
+            self.seal_entries(rng, identity, certificate, fan_out, decoy)?
+        };
         Ok(SealedFanOut {
             upload,
             needs_bundle: fan_out.needs_bundle.clone(),
         })
+    }
+
+    /// The sealing of [`SessionBook::seal_fan_out`], without its certificate check.
+    fn seal_entries(
+        &self,
+        rng: &mut (impl CryptoRng + ?Sized),
+        identity: &IdentityKeyPair,
+        certificate: &[u8],
+        fan_out: &FanOut,
+        decoy: Option<Address>,
+    ) -> Result<Vec<u8>, EncryptError> {
+        let mut recipients = Vec::with_capacity(fan_out.entries.len());
+        for (address, entry) in &fan_out.entries {
+            let identity_key = self.device_key(address).ok_or(EncryptError::NotReady)?;
+            recipients.push(SealedRecipient {
+                address: *address,
+                identity_key,
+                entry: Some(entry),
+            });
+        }
+        seal_inner(
+            rng,
+            identity,
+            certificate,
+            EnvelopeKind::FanOut,
+            &fan_out.body,
+            &recipients,
+            decoy,
+        )
     }
 
     /// Seals the entries of a [`FanOut`] made with [`SessionBook::fan_out`] (and completed with
@@ -522,24 +562,8 @@ impl SessionBook {
         fan_out: &FanOut,
         decoy: bool,
     ) -> Result<Vec<u8>, EncryptError> {
-        let mut recipients = Vec::with_capacity(fan_out.entries.len());
-        for (address, entry) in &fan_out.entries {
-            let identity_key = self.device_key(address).ok_or(EncryptError::NotReady)?;
-            recipients.push(SealedRecipient {
-                address: *address,
-                identity_key,
-                entry: Some(entry),
-            });
-        }
-        seal(
-            rng,
-            identity,
-            certificate,
-            EnvelopeKind::FanOut,
-            &fan_out.body,
-            &recipients,
-            decoy,
-        )
+        let own = check_sender(identity, certificate)?;
+        self.seal_entries(rng, identity, certificate, fan_out, decoy.then_some(own))
     }
 
     /// Seals a shared `content` of `kind` (typically [`EnvelopeKind::Group`], a group message)
@@ -652,7 +676,7 @@ impl SessionBook {
         plaintext: &[u8],
         decoy: bool,
     ) -> Result<SealedFanOut, EncryptError> {
-        check_sender(identity, certificate)?;
+        let own = check_sender(identity, certificate)?;
         if devices.len() >= MAX_UPLOAD_RECIPIENTS {
             return Err(EncryptError::TooLarge {
                 len: devices.len(),
@@ -660,17 +684,7 @@ impl SessionBook {
             });
         }
         let fan_out = self.fan_out_to(rng, devices, plaintext)?;
-        if fan_out.entries.is_empty() {
-            return Ok(SealedFanOut {
-                upload: Vec::new(),
-                needs_bundle: fan_out.needs_bundle.clone(),
-            });
-        }
-        let upload = self.seal_fan_out(rng, identity, certificate, &fan_out, decoy)?;
-        Ok(SealedFanOut {
-            upload,
-            needs_bundle: fan_out.needs_bundle.clone(),
-        })
+        self.seal_sealed_fan_out(rng, identity, certificate, &fan_out, decoy.then_some(own))
     }
 
     /// A group's sender-key distribution, sealed, to exactly its recipients.
