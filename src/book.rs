@@ -186,6 +186,55 @@ impl SessionBook {
         self.devices.iter().map(|(a, d)| (*a, d.active.is_some()))
     }
 
+    /// The listed devices of `account`, in device-id order.
+    pub(crate) fn account_devices<'a>(
+        &'a self,
+        account: &IdentityKey,
+    ) -> impl Iterator<Item = Address> + 'a {
+        let first = Address {
+            account: *account,
+            device: 0,
+        };
+        let last = Address {
+            account: *account,
+            device: u32::MAX,
+        };
+        self.devices.range(first..=last).map(|(a, _)| *a)
+    }
+
+    /// Calls `f` with each of the sorted, deduplicated `addresses` and its active session, if
+    /// any. Many addresses (a fan-out to most of the book) walk the address-ordered map once
+    /// instead of looking each one up.
+    pub(crate) fn for_each_active_mut(
+        &mut self,
+        addresses: &[Address],
+        mut f: impl FnMut(&Address, Option<&mut Session>),
+    ) {
+        let Some(first) = addresses.first() else {
+            return;
+        };
+        if addresses.len().saturating_mul(16) < self.devices.len() {
+            for address in addresses {
+                f(
+                    address,
+                    self.devices
+                        .get_mut(address)
+                        .and_then(|d| d.active.as_mut()),
+                );
+            }
+            return;
+        }
+        let mut records = self.devices.range_mut(first..).peekable();
+        for address in addresses {
+            while records.next_if(|(a, _)| *a < address).is_some() {}
+            let session = match records.peek_mut() {
+                Some((a, d)) if *a == address => d.active.as_mut(),
+                _ => None,
+            };
+            f(address, session);
+        }
+    }
+
     /// The listed identity key of `device`.
     pub(crate) fn device_identity(&self, device: &Address) -> Option<IdentityKey> {
         self.devices.get(device).map(|d| d.device_key)

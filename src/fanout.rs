@@ -185,10 +185,16 @@ impl SessionBook {
         sender: &Address,
         plaintext: &[u8],
     ) -> Result<FanOut, EncryptError> {
-        let targets: Vec<Address> = self
-            .devices()
-            .map(|(a, _)| a)
-            .filter(|a| accounts.contains(&a.account) && a != sender)
+        // The listed devices of each account: one range of the address-ordered device map per
+        // account (a linear `contains` over the accounts per device costs more than the
+        // encryption at a thousand devices).
+        let mut wanted = accounts.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let targets: Vec<Address> = wanted
+            .iter()
+            .flat_map(|account| self.account_devices(account))
+            .filter(|a| a != sender)
             .collect();
         self.fan_out_to(rng, &targets, plaintext)
     }
@@ -252,16 +258,17 @@ impl SessionBook {
     ///
     /// **Persist the book before sending** the new entries.
     pub fn complete_fan_out(&mut self, fan_out: &mut FanOut) {
-        let pending = core::mem::take(&mut fan_out.needs_bundle);
-        for address in pending {
-            match self
-                .active_mut(&address)
-                .map(|s| s.encrypt(&fan_out.payload))
-            {
-                Some(Ok(message)) => fan_out.entries.push((address, message)),
-                _ => fan_out.needs_bundle.push(address),
+        let mut pending = core::mem::take(&mut fan_out.needs_bundle);
+        pending.sort_unstable();
+        pending.dedup();
+        let payload = &fan_out.payload;
+        let (entries, needs_bundle) = (&mut fan_out.entries, &mut fan_out.needs_bundle);
+        self.for_each_active_mut(&pending, |address, session| {
+            match session.map(|s| s.encrypt(payload)) {
+                Some(Ok(message)) => entries.push((*address, message)),
+                _ => needs_bundle.push(*address),
             }
-        }
+        });
     }
 
     /// Receives a fan-out: decrypts the key entry from `sender` (as [`SessionBook::receive`])

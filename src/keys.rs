@@ -117,6 +117,23 @@ impl IdentityKey {
         Ok(Self { ed, x })
     }
 
+    /// Rebuilds a key from both forms as a snapshot recorded them (PROTOCOL.md §10.1): lengths
+    /// and the X25519 form's cheap checks (canonical, not of small order) only. The curve
+    /// arithmetic of [`IdentityKey::from_bytes`] ran when the key first entered the state; a
+    /// snapshot is the caller's own authenticated state, and a session compares and binds
+    /// these bytes (the associated data, the book's device key) rather than computing with them.
+    pub(crate) fn from_recorded(ed: &[u8], x: &[u8]) -> Result<Self, KeyError> {
+        let ed: [u8; 32] = ed.try_into().map_err(|_| KeyError::Length)?;
+        let x: [u8; 32] = x.try_into().map_err(|_| KeyError::Length)?;
+        if !is_canonical_u(&x) {
+            return Err(KeyError::Invalid);
+        }
+        if is_small_order_u(&x) {
+            return Err(KeyError::SmallOrder);
+        }
+        Ok(Self { ed, x })
+    }
+
     /// The 32-byte Ed25519 encoding.
     #[must_use]
     pub fn to_bytes(&self) -> [u8; 32] {

@@ -118,7 +118,7 @@ pub struct SkippedKeyProto {
     pub message_key: Vec<u8>,
 }
 
-/// Next tag: 11.
+/// Next tag: 12.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RatchetProto {
     #[prost(bytes = "vec", tag = "1")]
@@ -141,6 +141,8 @@ pub struct RatchetProto {
     pub pn: u32,
     #[prost(message, repeated, tag = "10")]
     pub skipped: Vec<SkippedKeyProto>,
+    #[prost(bytes = "vec", tag = "11")]
+    pub sending_ratchet_public: Vec<u8>,
 }
 
 /// Next tag: 5.
@@ -158,7 +160,7 @@ pub struct PendingPreKeyProto {
     pub kem_ciphertext: Option<Vec<u8>>,
 }
 
-/// Next tag: 8.
+/// Next tag: 10.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SessionProto {
     #[prost(uint32, tag = "1")]
@@ -175,6 +177,10 @@ pub struct SessionProto {
     pub pending: Option<PendingPreKeyProto>,
     #[prost(message, optional, tag = "7")]
     pub ratchet: Option<RatchetProto>,
+    #[prost(bytes = "vec", tag = "8")]
+    pub local_identity_x25519: Vec<u8>,
+    #[prost(bytes = "vec", tag = "9")]
+    pub remote_identity_x25519: Vec<u8>,
 }
 
 /// Next tag: 6.

@@ -63,6 +63,12 @@ impl RatchetKeyPair {
         Self { secret, public }
     }
 
+    /// A key pair as a snapshot recorded it (PROTOCOL.md §10.1): the public key is taken as
+    /// stored, not recomputed (a mismatched pair only makes the peer reject what it sends).
+    pub(crate) fn from_recorded(secret: StaticSecret, public: [u8; 32]) -> Self {
+        Self { secret, public }
+    }
+
     fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
         Self::from_secret(keys::generate_x25519(rng))
     }
@@ -143,15 +149,47 @@ impl Ratchet {
         }
     }
 
-    fn aad(&self, header: &[u8]) -> Vec<u8> {
-        let mut aad = Vec::with_capacity(self.ad.len() + header.len());
-        aad.extend_from_slice(&self.ad);
-        aad.extend_from_slice(header);
-        aad
+    /// Runs `f` on `AD || header`, assembled on the stack when it fits (the usual 66-byte `AD`),
+    /// so the hot path allocates nothing for it.
+    fn with_aad<R>(&self, header: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+        let len = self.ad.len() + header.len();
+        let mut stack = [0u8; 256];
+        let mut heap = Vec::new();
+        let buf = match stack.get_mut(..len) {
+            Some(buf) => buf,
+            None => {
+                heap.resize(len, 0);
+                heap.as_mut_slice()
+            }
+        };
+        let (ad, rest) = buf.split_at_mut(self.ad.len());
+        ad.copy_from_slice(&self.ad);
+        rest.copy_from_slice(header);
+        f(buf)
     }
 
     /// `RatchetEncrypt` (PROTOCOL.md §5.3).
     pub(crate) fn encrypt(&mut self, plaintext: &[u8]) -> Result<Encrypted, EncryptError> {
+        let mut header_out = [0u8; HEADER_LEN];
+        let (ciphertext, message_key) = self.encrypt_framed(plaintext, |header, len| {
+            header_out = *header;
+            Vec::with_capacity(len)
+        })?;
+        Ok(Encrypted {
+            header: header_out,
+            ciphertext,
+            message_key,
+        })
+    }
+
+    /// `RatchetEncrypt` writing into the buffer `frame` returns for the header and the
+    /// ciphertext length: the ciphertext is appended to it (the whole wire message in one
+    /// allocation). Returns the buffer and the message key.
+    pub(crate) fn encrypt_framed(
+        &mut self,
+        plaintext: &[u8],
+        frame: impl FnOnce(&[u8; HEADER_LEN], usize) -> Vec<u8>,
+    ) -> Result<(Vec<u8>, MessageKey), EncryptError> {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(EncryptError::TooLarge {
                 len: plaintext.len(),
@@ -167,14 +205,13 @@ impl Ratchet {
             n: self.ns,
         }
         .to_bytes();
-        let ciphertext = aead::seal(&message_key.aead_key(), &self.aad(&header), plaintext);
+        let mut out = frame(&header, plaintext.len() + aead::TAG_LEN);
+        self.with_aad(&header, |aad| {
+            aead::seal_into(&message_key.aead_key(), aad, plaintext, &mut out);
+        });
         self.cks = Some(next_ck);
         self.ns = next_ns;
-        Ok(Encrypted {
-            header,
-            ciphertext,
-            message_key,
-        })
+        Ok((out, message_key))
     }
 
     /// `RatchetDecrypt` (PROTOCOL.md §5.4). Transactional: every new value is derived on the
@@ -217,7 +254,7 @@ impl Ratchet {
 
         // TrySkippedMessageKeys, first, as in the spec (an O(log n) lookup).
         if let Some(key) = self.skipped.get(&header.dh, header.n) {
-            let plaintext = accept(open(key, &self.aad(header_bytes))?)?;
+            let plaintext = accept(self.with_aad(header_bytes, |aad| open(key, aad))?)?;
             let message_key = self
                 .skipped
                 .remove(&header.dh, header.n)
@@ -235,7 +272,7 @@ impl Ratchet {
             check_skip(self.nr, header.n)?;
             let ckr = self.ckr.as_ref().ok_or(DecryptError::Unauthenticated)?;
             let (skipped, message_key, next_ck) = derive_until(ckr, self.nr, header.n);
-            let plaintext = accept(open(&message_key, &self.aad(header_bytes))?)?;
+            let plaintext = accept(self.with_aad(header_bytes, |aad| open(&message_key, aad))?)?;
             // Commit.
             self.store_skipped(header.dh, skipped);
             self.ckr = Some(next_ck);
@@ -254,7 +291,7 @@ impl Ratchet {
             keys::dh(&self.dhs.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;
         let (root_mid, ckr_new) = self.root.step(&dh_recv);
         let (skipped, message_key, next_ck) = derive_until(&ckr_new, 0, header.n);
-        let plaintext = accept(open(&message_key, &self.aad(header_bytes))?)?;
+        let plaintext = accept(self.with_aad(header_bytes, |aad| open(&message_key, aad))?)?;
         // Authenticated: now draw the new sending key pair (second half of DHRatchet).
         let dhs_new = RatchetKeyPair::generate(rng);
         let dh_send = keys::dh(&dhs_new.secret, &header.dh).ok_or(DecryptError::Unauthenticated)?;

@@ -232,6 +232,13 @@ impl Session {
     /// # Errors
     /// [`EncryptError`]; the session is unchanged.
     pub fn encrypt(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, EncryptError> {
+        if self.pending.is_none() {
+            // The common case, sealed straight into the wire buffer (PROTOCOL.md §8.2).
+            let (bytes, _) = self
+                .ratchet
+                .encrypt_framed(plaintext, RatchetMessage::frame)?;
+            return Ok(bytes);
+        }
         let out = self.ratchet.encrypt(plaintext)?;
         let message = RatchetMessage {
             header: out.header,
@@ -393,7 +400,10 @@ impl Session {
                         message_key: key.as_bytes().to_vec(),
                     })
                     .collect(),
+                sending_ratchet_public: r.dhs.public.to_vec(),
             }),
+            local_identity_x25519: self.local_identity.x25519().to_vec(),
+            remote_identity_x25519: self.remote_identity.x25519().to_vec(),
         };
         codec::encode_secret(SESSION_SNAPSHOT_V1, &proto)
     }
@@ -422,10 +432,14 @@ impl Session {
         } else {
             Role::Responder
         };
-        let local_identity = IdentityKey::from_bytes(&proto.local_identity)
-            .map_err(|_| RestoreError::Invariant("local_identity"))?;
-        let remote_identity = IdentityKey::from_bytes(&proto.remote_identity)
-            .map_err(|_| RestoreError::Invariant("remote_identity"))?;
+        // Both forms as recorded, without the curve arithmetic that validated them when they
+        // entered the session; the associated data check below binds the Ed25519 forms.
+        let local_identity =
+            IdentityKey::from_recorded(&proto.local_identity, &proto.local_identity_x25519)
+                .map_err(|_| RestoreError::Invariant("local_identity"))?;
+        let remote_identity =
+            IdentityKey::from_recorded(&proto.remote_identity, &proto.remote_identity_x25519)
+                .map_err(|_| RestoreError::Invariant("remote_identity"))?;
         let base_key = PublicKey::from_bytes(&proto.base_key)
             .map_err(|_| RestoreError::Invariant("base_key"))?;
         let pending = proto
@@ -511,8 +525,10 @@ fn restore_ratchet(r: &RatchetProto) -> Result<Ratchet, RestoreError> {
         &r.sending_ratchet_private,
         "sending_ratchet_private",
     )?);
-    let dhs = RatchetKeyPair::from_secret(StaticSecret::from(*dhs_bytes));
+    let secret = StaticSecret::from(*dhs_bytes);
     dhs_bytes.as_mut().fill(0);
+    let public = key32(&r.sending_ratchet_public, "sending_ratchet_public")?;
+    let dhs = RatchetKeyPair::from_recorded(secret, public);
     let dhr = r
         .remote_ratchet_public
         .as_deref()

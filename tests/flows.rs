@@ -1488,10 +1488,25 @@ fn session_snapshot_invariants_are_checked() {
             "pending only for the initiator",
         ),
         (&a, Box::new(|t, _| set(t, 3, key(31))), "local_identity"),
+        // Identity keys are restored as recorded (PROTOCOL.md §10.1): an invalid Ed25519 form
+        // is caught by the associated data that binds it, the X25519 form by its own checks.
         (
             &a,
             Box::new(|t, _| set(t, 4, Some(Value::Len(vec![0; 32])))),
+            "associated_data",
+        ),
+        (&a, Box::new(|t, _| set(t, 4, key(33))), "remote_identity"),
+        (&a, Box::new(|t, _| set(t, 8, None)), "local_identity"),
+        (&a, Box::new(|t, _| set(t, 9, key(31))), "remote_identity"),
+        (
+            &b,
+            Box::new(|t, _| set(t, 9, Some(Value::Len(vec![0; 32])))),
             "remote_identity",
+        ),
+        (
+            &a,
+            Box::new(|t, _| set(t, 8, Some(Value::Len(vec![0xff; 32])))),
+            "local_identity",
         ),
         (
             &a,
@@ -1538,6 +1553,11 @@ fn session_snapshot_invariants_are_checked() {
             &a,
             Box::new(|_, r| set(r, 4, key(31))),
             "remote_ratchet_public",
+        ),
+        (
+            &a,
+            Box::new(|_, r| set(r, 11, None)),
+            "sending_ratchet_public",
         ),
         (&a, Box::new(|_, r| set(r, 5, key(31))), "sending_chain_key"),
         (
