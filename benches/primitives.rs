@@ -20,6 +20,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+#[path = "floor/mod.rs"]
+mod floor;
+
 fn bench(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let a = StaticSecret::from([7u8; 32]);
@@ -40,6 +43,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("primitive/ed25519/verify", |bench| {
         bench.iter(|| vk.verify(black_box(&msg), &sig).unwrap());
     });
+    for len in [32usize, 306] {
+        let m = vec![0x61u8; len];
+        let sig = sk.sign(&m);
+        c.bench_function(&format!("primitive/ed25519/sign/{len}B"), |bench| {
+            bench.iter(|| sk.sign(black_box(&m)))
+        });
+        c.bench_function(
+            &format!("primitive/ed25519/verify-strict/{len}B"),
+            |bench| bench.iter(|| vk.verify_strict(black_box(&m), &sig).unwrap()),
+        );
+    }
+    c.bench_function("primitive/sha256/306B", |bench| {
+        bench.iter(|| <sha2::Sha256 as sha2::Digest>::digest(black_box(&[0x61u8; 306])))
+    });
     let compressed = CompressedEdwardsY(vk.to_bytes());
     c.bench_function("primitive/ed25519/decompress+torsion", |bench| {
         bench.iter(|| {
@@ -48,6 +65,21 @@ fn bench(c: &mut Criterion) {
                 .unwrap()
                 .is_torsion_free()
         });
+    });
+    // Symmetric primitives, as the protocol uses them: a fresh key per message (key setup
+    // included), the 106-byte AAD of a ratchet message.
+    let aad = [0x33u8; floor::AAD_LEN];
+    for (name, len) in [("100B", 100usize), ("1KiB", 1024), ("64KiB", 65536)] {
+        let msg = vec![0x42u8; len];
+        c.bench_function(&format!("primitive/aes256gcm/seal/{name}"), |bench| {
+            bench.iter(|| floor::aes_gcm_seal(black_box(&[1u8; 32]), &[0u8; 12], &aad, &msg))
+        });
+    }
+    c.bench_function("primitive/kdf-ck/2x-hmac-sha256", |bench| {
+        bench.iter(|| floor::chain_step(black_box(&[1u8; 32])))
+    });
+    c.bench_function("primitive/hkdf-sha256/44B", |bench| {
+        bench.iter(|| floor::hkdf::<44>(&[0u8; 32], black_box(&[1u8; 32]), floor::MK_INFO))
     });
     let mut seed = [0u8; 64];
     rng.fill_bytes(&mut seed);

@@ -123,6 +123,16 @@ impl ChainKey {
         let ck = ChainKey::from_bytes(hmac_sha256(self.as_bytes(), CK_CHAIN_BYTE));
         (mk, ck)
     }
+
+    /// KDF_CK in place: returns `MK` and overwrites this chain key with `CK'` (a send, which
+    /// cannot fail once it has started, needs no staged copy).
+    pub(crate) fn advance(&mut self) -> MessageKey {
+        let mk = MessageKey::from_bytes(hmac_sha256(self.as_bytes(), CK_MESSAGE_BYTE));
+        let mut next = hmac_sha256(self.as_bytes(), CK_CHAIN_BYTE);
+        *self.0 = next;
+        next.zeroize();
+        mk
+    }
 }
 
 /// AES-256-GCM key and nonce expanded from a message key (PROTOCOL.md §5.3).

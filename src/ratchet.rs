@@ -196,9 +196,12 @@ impl Ratchet {
                 limit: MAX_PLAINTEXT,
             });
         }
-        let cks = self.cks.as_ref().ok_or(EncryptError::NotReady)?;
+        if self.cks.is_none() {
+            return Err(EncryptError::NotReady);
+        }
         let next_ns = self.ns.checked_add(1).ok_or(EncryptError::ChainExhausted)?;
-        let (message_key, next_ck) = cks.step();
+        // Nothing below can fail: the chain advances in place.
+        let message_key = self.cks.as_mut().ok_or(EncryptError::NotReady)?.advance();
         let header = Header {
             dh: self.dhs.public,
             pn: self.pn,
@@ -209,7 +212,6 @@ impl Ratchet {
         self.with_aad(&header, |aad| {
             aead::seal_into(&message_key.aead_key(), aad, plaintext, &mut out);
         });
-        self.cks = Some(next_ck);
         self.ns = next_ns;
         Ok((out, message_key))
     }
