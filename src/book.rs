@@ -2,6 +2,50 @@
 //! active session plus a bounded archive of earlier ones. Receiving tries the active session,
 //! then the archive, and promotes the one that works, so simultaneous initiation converges and
 //! nothing in flight is lost.
+//!
+//! ```
+//! use confidant::book::{Address, ReceiveError, SessionBook};
+//! use confidant::{IdentityKeyPair, Message, PreKeyBundle, PreKeys, Session, Timestamp};
+//! # use confidant::device::{DeviceEntry, DeviceList, VerifiedDeviceList};
+//! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+//! # let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! let now = Timestamp(1_700_000_000_000);
+//! # // A one-device account's signed and verified device list (see `confidant::device`).
+//! # let list = |account: &IdentityKeyPair, device: &IdentityKeyPair| {
+//! #     let entries = vec![DeviceEntry::local(account, device, 1)];
+//! #     let list = DeviceList { account_id: b"id".to_vec(), version: 1, timestamp: now, entries };
+//! #     VerifiedDeviceList::verify(&list.sign(account)?, &account.public(), None)
+//! # };
+//! // Alice and Bob: an account key each, and one device (id 1) with its own identity.
+//! let alice_account = IdentityKeyPair::generate(&mut rng);
+//! let alice = IdentityKeyPair::generate(&mut rng);
+//! let bob_account = IdentityKeyPair::generate(&mut rng);
+//! let bob = IdentityKeyPair::generate(&mut rng);
+//! let mut bob_prekeys = PreKeys::new(&mut rng, &bob, now);
+//! let (a, b) = (Address { account: alice_account.public(), device: 1 },
+//!               Address { account: bob_account.public(), device: 1 });
+//!
+//! // Each book learns the other account's devices from its verified device list.
+//! let (mut alice_book, mut bob_book) = (SessionBook::new(), SessionBook::new());
+//! let needs_bundle = alice_book.apply_device_list(&list(&bob_account, &bob)?)?;
+//! assert_eq!(needs_bundle, vec![b]); // no session with Bob's device yet: fetch its bundle
+//! bob_book.apply_device_list(&list(&alice_account, &alice)?)?;
+//!
+//! let bundle = PreKeyBundle::new(bob.public(), bob_prekeys.signed_prekey(), None)
+//!     .with_kem_prekey(bob_prekeys.last_resort_kem_prekey());
+//! alice_book.insert(b, Session::initiate(&mut rng, &alice, bundle.verify()?)?)?;
+//! let wire = alice_book.active_mut(&b).ok_or("no session")?.encrypt(b"hi Bob")?;
+//!
+//! let message = Message::from_bytes(&wire)?;
+//! let received = bob_book.receive(&mut rng, &bob, &mut bob_prekeys, &a, &message)?;
+//! assert_eq!(&received.plaintext[..], b"hi Bob");
+//! assert!(received.new_session);
+//! // The same message from a device no verified list names is refused.
+//! let stranger = Address { device: 2, ..a };
+//! let refused = bob_book.receive(&mut rng, &bob, &mut bob_prekeys, &stranger, &message);
+//! assert_eq!(refused.err(), Some(ReceiveError::UnknownDevice));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use core::fmt;
 use std::collections::{BTreeMap, VecDeque};

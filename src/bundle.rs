@@ -192,6 +192,33 @@ impl KemPreKeyPublic {
 /// A prekey bundle as served: identity key, signed prekey, optionally one one-time prekey, and
 /// (for PQXDH) exactly one signed KEM prekey. Unverified; [`PreKeyBundle::verify`] is the only
 /// way to a [`VerifiedBundle`].
+///
+/// # Example
+/// ```
+/// use confidant::{BundleError, IdentityKeyPair, PreKeyBundle, PreKeys, SignedPreKeyPublic};
+/// # use confidant::Timestamp;
+/// # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+/// # let mut rng = ChaCha20Rng::seed_from_u64(7);
+/// let bob = IdentityKeyPair::generate(&mut rng);
+/// let prekeys = PreKeys::new(&mut rng, &bob, Timestamp(1_700_000_000_000));
+/// let bundle = PreKeyBundle::new(bob.public(), prekeys.signed_prekey(), None)
+///     .with_kem_prekey(prekeys.last_resort_kem_prekey());
+///
+/// // What the key server sends; the initiator parses, then verifies the signatures.
+/// let parsed = PreKeyBundle::from_bytes(&bundle.to_bytes())?;
+/// assert_eq!(parsed, bundle);
+/// let verified = parsed.verify_for(&bob.public())?;
+/// assert_eq!(verified.signed_prekey(), prekeys.signed_prekey());
+///
+/// // A signed prekey whose signature was altered is refused.
+/// let spk = prekeys.signed_prekey();
+/// let mut signature = spk.signature();
+/// signature[0] ^= 1;
+/// let forged = SignedPreKeyPublic::new(spk.id(), spk.key(), signature, spk.created_at());
+/// let tampered = PreKeyBundle::new(bob.public(), forged, None);
+/// assert_eq!(tampered.verify().err(), Some(BundleError::Unauthenticated));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreKeyBundle {
     pub(crate) identity_key: IdentityKey,

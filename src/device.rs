@@ -3,6 +3,40 @@
 //! signatures, the account's over the device key and the device's over the account key.
 //!
 //! One verification API serves clients and key servers: [`VerifiedDeviceList::verify`].
+//!
+//! ```
+//! use confidant::device::{DeviceEntry, DeviceList, LinkRequest, VerifiedDeviceList};
+//! use confidant::{DeviceListError, IdentityKeyPair, Timestamp};
+//! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+//! # let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! let account = IdentityKeyPair::generate(&mut rng); // held by the primary device
+//! let phone = IdentityKeyPair::generate(&mut rng); // the primary's own device identity
+//! let mut list = DeviceList {
+//!     account_id: b"alice".to_vec(),
+//!     version: 1,
+//!     timestamp: Timestamp(1_700_000_000_000),
+//!     entries: vec![DeviceEntry::local(&account, &phone, 1)],
+//! };
+//! let v1_bytes = list.sign(&account)?;
+//! let v1 = VerifiedDeviceList::verify(&v1_bytes, &account.public(), None)?;
+//!
+//! // A laptop joins: it signs a link request, the primary links it and publishes version 2.
+//! let laptop = IdentityKeyPair::generate(&mut rng);
+//! let qr_code = LinkRequest::new(&laptop, &account.public()).to_bytes();
+//! let request = LinkRequest::from_bytes(&qr_code)?; // on the primary
+//! list.entries.push(DeviceEntry::link(&account, &request, 2)?);
+//! list.version = 2;
+//! let v2 = VerifiedDeviceList::verify(&list.sign(&account)?, &account.public(), Some(&v1))?;
+//! assert_eq!(v2.changes_since(&v1).added, vec![(2, laptop.public())]);
+//!
+//! // Replaying version 1 after version 2 is a rollback; a list under another key is refused.
+//! let replayed = VerifiedDeviceList::verify(&v1_bytes, &account.public(), Some(&v2));
+//! assert_eq!(replayed, Err(DeviceListError::Rollback { version: 1, last: 2 }));
+//! let other = IdentityKeyPair::generate(&mut rng).public();
+//! let wrong_key = VerifiedDeviceList::verify(&v1_bytes, &other, None);
+//! assert_eq!(wrong_key, Err(DeviceListError::AccountMismatch));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use core::fmt;
 use std::collections::BTreeSet;

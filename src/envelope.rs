@@ -12,6 +12,37 @@
 //!
 //! Sender-key distributions travel as the plaintext of pairwise or fan-out messages
 //! ([`crate::content`]), so the server cannot tell them from other messages.
+//!
+//! ```
+//! use confidant::book::Address;
+//! use confidant::envelope::{Envelope, EnvelopeContent, EnvelopeKind, WireFormat};
+//! # use confidant::{IdentityKeyPair, PreKeyBundle, PreKeys, Session, Timestamp};
+//! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+//! # let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! # let alice_account = IdentityKeyPair::generate(&mut rng);
+//! # let bob_account = IdentityKeyPair::generate(&mut rng);
+//! # let (alice, bob) = (IdentityKeyPair::generate(&mut rng), IdentityKeyPair::generate(&mut rng));
+//! # let bob_prekeys = PreKeys::new(&mut rng, &bob, Timestamp(1_700_000_000_000));
+//! # let bundle = PreKeyBundle::new(bob.public(), bob_prekeys.signed_prekey(), None)
+//! #     .with_kem_prekey(bob_prekeys.last_resort_kem_prekey());
+//! # let mut session = Session::initiate(&mut rng, &alice, bundle.verify()?)?;
+//! let initial = session.encrypt(b"hi Bob")?; // a pairwise initial message (0x11)
+//! let sender = Address { account: alice_account.public(), device: 1 };
+//! let recipient = Address { account: bob_account.public(), device: 1 };
+//! let content = EnvelopeContent::PreKey { sender, message: initial };
+//! let envelope = Envelope { recipient, content };
+//! let wire = envelope.to_bytes();
+//! assert_eq!(WireFormat::of(&wire), Some(WireFormat::Envelope));
+//!
+//! // The server and the recipient parse the same outer fields; nothing is decrypted.
+//! let parsed = Envelope::from_bytes(&wire)?;
+//! assert_eq!(parsed, envelope);
+//! assert_eq!((parsed.kind(), parsed.sender()), (EnvelopeKind::PreKey, Some(sender)));
+//! let EnvelopeContent::PreKey { message, .. } = &parsed.content else { unreachable!() };
+//! assert_eq!(WireFormat::of(message), Some(WireFormat::PreKeyMessage));
+//! assert!(Envelope::from_bytes(&wire[..wire.len() - 1]).is_err()); // truncated
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use core::fmt;
 

@@ -1,6 +1,57 @@
 //! Encrypt-once fan-out to every device of the recipients and the sender's other devices
 //! (PROTOCOL.md §16): the payload is sealed once under a fresh content key, and only the key,
 //! bound to a digest of the sealed body, goes through each device's pairwise session.
+//!
+//! ```
+//! use confidant::book::{Address, ReceiveError, SessionBook};
+//! use confidant::envelope::EnvelopeContent;
+//! use confidant::{DecryptError, IdentityKeyPair, Message, PreKeyBundle, Session, server};
+//! # use confidant::device::{DeviceEntry, DeviceList, VerifiedDeviceList};
+//! # use confidant::{PreKeys, Timestamp};
+//! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+//! # let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! # let now = Timestamp(1_700_000_000_000);
+//! # let list = |account: &IdentityKeyPair, device: &IdentityKeyPair| {
+//! #     let entries = vec![DeviceEntry::local(account, device, 1)];
+//! #     let list = DeviceList { account_id: b"id".to_vec(), version: 1, timestamp: now, entries };
+//! #     VerifiedDeviceList::verify(&list.sign(account)?, &account.public(), None)
+//! # };
+//! # let alice_account = IdentityKeyPair::generate(&mut rng);
+//! # let alice = IdentityKeyPair::generate(&mut rng);
+//! # let bob_account = IdentityKeyPair::generate(&mut rng);
+//! # let bob = IdentityKeyPair::generate(&mut rng);
+//! # let mut bob_prekeys = PreKeys::new(&mut rng, &bob, now);
+//! # let a = Address { account: alice_account.public(), device: 1 };
+//! # let b = Address { account: bob_account.public(), device: 1 };
+//! # let (mut alice_book, mut bob_book) = (SessionBook::new(), SessionBook::new());
+//! # alice_book.apply_device_list(&list(&bob_account, &bob)?)?;
+//! # bob_book.apply_device_list(&list(&alice_account, &alice)?)?;
+//! // Alice's device `a` sends to every listed device of Bob's account (here only `b`).
+//! let text = b"hello, all of you";
+//! let mut out = alice_book.fan_out(&mut rng, &[bob_account.public()], &a, text)?;
+//! assert_eq!(out.needs_bundle, vec![b]); // no session yet: fetch a bundle, insert, complete
+//! let bundle = PreKeyBundle::new(bob.public(), bob_prekeys.signed_prekey(), None)
+//!     .with_kem_prekey(bob_prekeys.last_resort_kem_prekey());
+//! alice_book.insert(b, Session::initiate(&mut rng, &alice, bundle.verify()?)?)?;
+//! alice_book.complete_fan_out(&mut out);
+//! assert!(out.needs_bundle.is_empty());
+//!
+//! // The server splits the upload: per device a small key entry, plus the shared body.
+//! let envelopes = server::split_upload(&out.to_upload(&a))?;
+//! let [envelope] = envelopes.as_slice() else { unreachable!() };
+//! let EnvelopeContent::FanOut { sender, entry, body } = &envelope.content else { unreachable!() };
+//! let entry = Message::from_bytes(entry)?;
+//!
+//! // A body that does not match the entry is refused before anything changes.
+//! let mut wrong = body.clone();
+//! wrong[1] ^= 1;
+//! let refused =
+//!     bob_book.receive_fan_out(&mut rng, &bob, &mut bob_prekeys, sender, &entry, &wrong);
+//! assert_eq!(refused.err(), Some(ReceiveError::Decrypt(DecryptError::Unauthenticated)));
+//! let got = bob_book.receive_fan_out(&mut rng, &bob, &mut bob_prekeys, sender, &entry, body)?;
+//! assert_eq!(&got.plaintext[..], text);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use core::cell::RefCell;
 use core::fmt;

@@ -3,6 +3,32 @@
 //! **Hazardous.** These functions take raw secrets and skip the checks and bookkeeping of
 //! [`Session`](crate::Session) and [`PreKeys`](crate::PreKeys) (one-time prekey consumption,
 //! replay records, initial-message framing). Applications should not need them.
+//!
+//! ```
+//! // HAZMAT: fixed secrets, as in a test vector. Never send with explicit keys.
+//! use confidant::book::Address;
+//! use confidant::group::{GroupId, GroupMessage, GroupSession, RotationPolicy};
+//! use confidant::group::SenderKeyDistribution;
+//! use confidant::{IdentityKeyPair, hazmat};
+//! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+//! # let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! # let a = Address { account: IdentityKeyPair::generate(&mut rng).public(), device: 1 };
+//! # let b = Address { account: IdentityKeyPair::generate(&mut rng).public(), device: 1 };
+//! let id = GroupId::from_bytes([1; 16]);
+//! let (key_id, chain_key, signing_seed) = (5, [7u8; 32], [8u8; 32]);
+//! // Device `a`'s sender key (first key of its lineage) and its message at iteration 1.
+//! let distribution =
+//!     hazmat::sender_key_distribution(id, key_id, 0, &chain_key, &signing_seed, None, key_id);
+//! let step = hazmat::sender_key_step(&chain_key);
+//! let message =
+//!     hazmat::group_seal(id, &a, key_id, 1, &step.next_chain_key, &signing_seed, b"vector");
+//!
+//! // The real group session of `b` accepts both, as if `a` had sent them.
+//! let mut at_b = GroupSession::new(id, b, &[a, b], RotationPolicy::default())?;
+//! at_b.receive_distribution(&a, &SenderKeyDistribution::from_bytes(&distribution)?)?;
+//! assert_eq!(&at_b.decrypt(&a, &GroupMessage::from_bytes(&message)?)?[..], b"vector");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use core::fmt;
 

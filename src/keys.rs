@@ -21,6 +21,22 @@ pub(crate) const ED25519_TYPE: u8 = 0xED;
 /// The same seed signs prekeys (Ed25519, RFC 8032) and, through its X25519 form
 /// `clamp(SHA-512(seed)[0..32])`, takes part in X3DH. Not `Clone`: there is one owner.
 /// Persist it with [`IdentityKeyPair::to_seed`] (the caller encrypts it at rest).
+///
+/// # Example
+/// ```
+/// use confidant::{IdentityKeyPair, PreKeyBundle, PreKeys, Timestamp};
+/// # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+/// # let mut rng = ChaCha20Rng::seed_from_u64(7);
+/// let identity = IdentityKeyPair::generate(&mut rng);
+/// let seed = identity.to_seed(); // store it encrypted at rest; wiped on drop
+///
+/// // After a restart: the same identity, which signs for the same public key.
+/// let restored = IdentityKeyPair::from_seed(&seed);
+/// assert_eq!(restored.public(), identity.public());
+/// let prekeys = PreKeys::new(&mut rng, &restored, Timestamp(1_700_000_000_000));
+/// let bundle = PreKeyBundle::new(restored.public(), prekeys.signed_prekey(), None);
+/// assert!(bundle.verify_for(&identity.public()).is_ok());
+/// ```
 pub struct IdentityKeyPair {
     signing: SigningKey,
     public: IdentityKey,
@@ -96,6 +112,22 @@ impl IdentityKey {
     ///
     /// # Errors
     /// [`KeyError`] if the bytes are not a canonical, valid, non-small-order Ed25519 point.
+    ///
+    /// # Example
+    /// ```
+    /// use confidant::{IdentityKey, IdentityKeyPair, KeyError};
+    /// # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+    /// # let mut rng = ChaCha20Rng::seed_from_u64(7);
+    /// let key = IdentityKeyPair::generate(&mut rng).public();
+    /// assert_eq!(IdentityKey::from_bytes(&key.to_bytes())?, key);
+    ///
+    /// assert_eq!(IdentityKey::from_bytes(&[0u8; 31]), Err(KeyError::Length));
+    /// // The neutral point (y = 1) has small order: DH with it would be non-contributory.
+    /// let mut neutral = [0u8; 32];
+    /// neutral[0] = 1;
+    /// assert_eq!(IdentityKey::from_bytes(&neutral), Err(KeyError::SmallOrder));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, KeyError> {
         let ed: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Length)?;
         let point = CompressedEdwardsY(ed)

@@ -15,6 +15,51 @@
 //! same `E`), opens the body, checks `AT` with the certificate's identity key (which proves the
 //! sender holds it and binds the header to this body and entry), and only then validates the
 //! certificate chain.
+//!
+//! ```
+//! use confidant::book::Address;
+//! use confidant::certificate::{CertificateValidator, SenderCertificate, ServerCertificate};
+//! use confidant::envelope::{EnvelopeContent, EnvelopeKind};
+//! use confidant::sealed::{self, SealedRecipient};
+//! use confidant::{IdentityKeyPair, SealedError, Timestamp, server};
+//! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+//! # let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! let now = Timestamp(1_700_000_000_000);
+//! # let root = IdentityKeyPair::generate(&mut rng);
+//! # let server_key = IdentityKeyPair::generate(&mut rng);
+//! # let server_cert = ServerCertificate::issue(&root, 1, &server_key.public());
+//! # let (alice, bob) = (IdentityKeyPair::generate(&mut rng), IdentityKeyPair::generate(&mut rng));
+//! # let a = Address { account: IdentityKeyPair::generate(&mut rng).public(), device: 1 };
+//! # let b = Address { account: IdentityKeyPair::generate(&mut rng).public(), device: 1 };
+//! // Alice's device `a` holds a sender certificate from the key server (see `certificate`).
+//! let expires = now.plus_ms(86_400_000);
+//! let cert = SenderCertificate::issue(&server_key, &server_cert, a, &alice.public(), expires);
+//! // It seals a message for Bob's device `b` (here opaque bytes; normally a ratchet message).
+//! let to_bob = SealedRecipient { address: b, identity_key: bob.public(), entry: None };
+//! let (kind, inner) = (EnvelopeKind::Ratchet, b"inner message".to_vec());
+//! let upload = sealed::seal(&mut rng, &alice, &cert, kind, &inner, &[to_bob], false)?;
+//!
+//! // The server splits the upload without any key: it learns the recipient, not the sender.
+//! let envelopes = server::split_upload(&upload)?;
+//! let [envelope] = envelopes.as_slice() else { unreachable!() };
+//! assert_eq!((envelope.recipient, envelope.sender()), (b, None));
+//! let EnvelopeContent::Sealed(sealed_part) = &envelope.content else { unreachable!() };
+//!
+//! // Bob opens it with his identity key; the verified certificate names the sender.
+//! let validator = CertificateValidator::new(root.public());
+//! let unsealed = sealed::open(&bob, sealed_part, &validator, now)?;
+//! assert_eq!(unsealed.sender(), a);
+//! assert_eq!(unsealed.content, EnvelopeContent::Ratchet { sender: a, message: inner });
+//! // No other device can open it.
+//! let eve = IdentityKeyPair::generate(&mut rng);
+//! let refused = sealed::open(&eve, sealed_part, &validator, now);
+//! assert_eq!(refused.err(), Some(SealedError::Unauthenticated));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! An application opens with [`SessionBook::open_sealed`] instead, which also checks the
+//! certified sender against the verified device lists, then hands [`Unsealed::content`] to
+//! [`SessionBook::receive`] (or a fan-out or group receive).
 
 use core::fmt;
 

@@ -1,6 +1,41 @@
 //! Key-server side, sans-IO (PROTOCOL.md §7, §13.6): validate uploads, serve bundles that use
 //! each one-time prekey (EC and KEM) at most once, and report low stock. The server needs no
 //! secrets.
+//!
+//! ```
+//! use confidant::server::DeviceKeys;
+//! use confidant::{IdentityKeyPair, PreKeyBundle, PreKeys, Timestamp, UploadError};
+//! # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+//! # let mut rng = ChaCha20Rng::seed_from_u64(7);
+//! // Client: Bob's device uploads its public prekeys (after persisting `prekeys`).
+//! let bob = IdentityKeyPair::generate(&mut rng);
+//! let mut prekeys = PreKeys::new(&mut rng, &bob, Timestamp(1_700_000_000_000));
+//! let one_time = prekeys.generate_one_time_prekeys(&mut rng, 2)?;
+//! let upload = prekeys.upload(&bob, one_time, Vec::new()).to_bytes();
+//!
+//! // Server: every key and signature is validated; only public keys are kept.
+//! let mut record = DeviceKeys::register(&upload)?;
+//! let first = record.fetch_bundle();
+//! assert_eq!(first.remaining_one_time_prekeys, 1);
+//! assert!(first.low_stock); // ask the device to upload more one-time prekeys
+//! let second = record.fetch_bundle();
+//! assert_ne!(first.bundle, second.bundle); // each one-time prekey is served once
+//!
+//! // An upload signed by another identity cannot touch Bob's record.
+//! let mallory = IdentityKeyPair::generate(&mut rng);
+//! let theirs = PreKeys::new(&mut rng, &mallory, Timestamp(1_700_000_000_000));
+//! let forged = theirs.upload(&mallory, Vec::new(), Vec::new()).to_bytes();
+//! assert_eq!(record.apply_upload(&forged), Err(UploadError::IdentityMismatch));
+//!
+//! // Client: the initiator verifies what it is served (here: no one-time prekey left).
+//! let third = PreKeyBundle::from_bytes(&record.fetch_bundle().bundle.to_bytes())?;
+//! let verified = third.verify_for(&bob.public())?;
+//! assert!(verified.one_time_prekey().is_none() && verified.kem_prekey().is_some());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Multi-recipient uploads (fan-out and sealed sends) are split into per-device envelopes with
+//! [`split_upload`]; see the examples of [`crate::fanout`] and [`crate::sealed`].
 
 use std::collections::{BTreeSet, VecDeque};
 

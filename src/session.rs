@@ -68,6 +68,39 @@ impl HandshakePolicy {
 /// * [`Session::decrypt`] is transactional: on `Err` the session is byte-identical to before.
 ///   Persist the snapshot after a successful decrypt.
 /// * No clock, no IO; randomness only from the `rng` argument.
+///
+/// # Example
+/// ```
+/// use confidant::{DecryptError, IdentityKeyPair, Message, PreKeyBundle, PreKeys, Session};
+/// # use confidant::Timestamp;
+/// # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+/// # let mut rng = ChaCha20Rng::seed_from_u64(7);
+/// # let bob = IdentityKeyPair::generate(&mut rng);
+/// # let mut bob_prekeys = PreKeys::new(&mut rng, &bob, Timestamp(1_700_000_000_000));
+/// # let bundle = PreKeyBundle::new(bob.public(), bob_prekeys.signed_prekey(), None)
+/// #     .with_kem_prekey(bob_prekeys.last_resort_kem_prekey());
+/// let alice = IdentityKeyPair::generate(&mut rng);
+/// let mut alice_session = Session::initiate(&mut rng, &alice, bundle.verify()?)?;
+/// let first = alice_session.encrypt(b"hello Bob")?;
+/// # let Message::PreKey(initial) = Message::from_bytes(&first)? else { unreachable!() };
+/// # let mut bob_session = bob_prekeys.accept(&mut rng, &bob, &initial)?.session;
+///
+/// // Bob (whose session came from `PreKeys::accept`) replies.
+/// let reply = bob_session.encrypt(b"hello Alice")?;
+/// assert_eq!(&alice_session.decrypt_bytes(&mut rng, &reply)?[..], b"hello Alice");
+///
+/// // Persist the state (encrypted at rest). A replay is refused and changes nothing.
+/// let snapshot = alice_session.snapshot();
+/// let replayed = alice_session.decrypt_bytes(&mut rng, &reply);
+/// assert_eq!(replayed, Err(DecryptError::Duplicate { counter: 0 }));
+/// assert!(alice_session.snapshot() == snapshot);
+///
+/// // After a restart, the restored session carries on.
+/// let mut restored = Session::restore(&snapshot)?;
+/// let next = bob_session.encrypt(b"still there?")?;
+/// assert_eq!(&restored.decrypt_bytes(&mut rng, &next)?[..], b"still there?");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Session {
     ratchet: Ratchet,
     handshake: Handshake,

@@ -62,6 +62,32 @@ impl core::fmt::Debug for KemEncapsulation {
 }
 
 /// A pairwise message as received: either an initial message or a ratchet message.
+///
+/// # Example
+/// ```
+/// use confidant::{DecodeError, Handshake, Message};
+/// # use confidant::{IdentityKeyPair, PreKeyBundle, PreKeys, Session, Timestamp};
+/// # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+/// # let mut rng = ChaCha20Rng::seed_from_u64(7);
+/// # let (alice, bob) = (IdentityKeyPair::generate(&mut rng), IdentityKeyPair::generate(&mut rng));
+/// # let bob_prekeys = PreKeys::new(&mut rng, &bob, Timestamp(1_700_000_000_000));
+/// # let bundle = PreKeyBundle::new(bob.public(), bob_prekeys.signed_prekey(), None)
+/// #     .with_kem_prekey(bob_prekeys.last_resort_kem_prekey());
+/// # let mut alice_session = Session::initiate(&mut rng, &alice, bundle.verify()?)?;
+/// let wire = alice_session.encrypt(b"hi")?; // Alice's first message to Bob
+///
+/// // Routing data is readable before any cryptography: who sent it, with which prekeys.
+/// let Message::PreKey(initial) = Message::from_bytes(&wire)? else { unreachable!() };
+/// assert_eq!(initial.identity_key(), alice.public());
+/// assert_eq!(initial.handshake(), Handshake::Pqxdh);
+/// assert_eq!(initial.signed_prekey_id(), bob_prekeys.signed_prekey().id());
+///
+/// // Anything else is refused before decoding goes further.
+/// assert_eq!(Message::from_bytes(&[]), Err(DecodeError::Empty));
+/// assert_eq!(Message::from_bytes(b"\x99junk"), Err(DecodeError::UnsupportedVersion(0x99)));
+/// assert!(Message::from_bytes(&wire[..wire.len() / 2]).is_err()); // truncated
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Carries the X3DH initial data; sent by the initiator until the first reply arrives.
