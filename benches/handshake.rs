@@ -165,7 +165,17 @@ struct Bob {
     bundle: Vec<u8>,
 }
 
-fn bob(rng: &mut ChaCha20Rng, pq: bool) -> Bob {
+/// Which KEM prekey the bundle carries.
+#[derive(Clone, Copy, PartialEq)]
+enum Kem {
+    None,
+    /// The last-resort key: held expanded by `PreKeys` (created, rotated or restored).
+    LastResort,
+    /// A one-time KEM prekey: stored as a seed, expanded on its single use.
+    OneTime,
+}
+
+fn bob(rng: &mut ChaCha20Rng, kem: Kem) -> Bob {
     let identity = IdentityKeyPair::generate(rng);
     let mut prekeys = PreKeys::new(rng, &identity, Timestamp(0));
     prekeys.set_policy(HandshakePolicy::AllowClassical);
@@ -175,8 +185,15 @@ fn bob(rng: &mut ChaCha20Rng, pq: bool) -> Bob {
         prekeys.signed_prekey(),
         otk.first().copied(),
     );
-    if pq {
-        bundle = bundle.with_kem_prekey(prekeys.last_resort_kem_prekey());
+    match kem {
+        Kem::None => {}
+        Kem::LastResort => bundle = bundle.with_kem_prekey(prekeys.last_resort_kem_prekey()),
+        Kem::OneTime => {
+            let k = prekeys
+                .generate_one_time_kem_prekeys(rng, &identity, 1)
+                .unwrap();
+            bundle = bundle.with_kem_prekey(k[0].clone());
+        }
     }
     Bob {
         identity,
@@ -190,60 +207,74 @@ fn initiate(rng: &mut ChaCha20Rng, alice: &IdentityKeyPair, bundle: &[u8]) -> Se
     Session::initiate_with_policy(rng, alice, verified, HandshakePolicy::AllowClassical).unwrap()
 }
 
+/// The floors of both sides of one handshake (X3DH, or PQXDH with `pq`).
+fn floors(c: &mut Criterion, name: &str, pq: bool) {
+    let f = Floor::new(pq);
+    c.bench_function(&format!("handshake/{name}/floor_initiate"), |bench| {
+        let mut r = ChaCha20Rng::seed_from_u64(1);
+        bench.iter(|| black_box(f.initiate(&[0u8; 100], &mut r)));
+    });
+    // The accept floor's inputs: the initiator's side computed once, outside the timing.
+    let keys = {
+        let (ik_a, ik_a_x) = floor::keygen([25u8; 32]);
+        let (ik_b, ik_b_x) = floor::keygen([26u8; 32]);
+        let (spk, spk_pub) = floor::keygen([22u8; 32]);
+        let (opk, opk_pub) = floor::keygen([27u8; 32]);
+        let (ek_s, ek) = floor::keygen([28u8; 32]);
+        let (dhs_s, dhs_a) = floor::keygen([29u8; 32]);
+        let dk = ml_kem::DecapsulationKey::<MlKem1024>::from_seed(Array::from(f.kem_seed));
+        let ss = pq.then(|| dk.decapsulate(&f.kem_ct).into());
+        let sk = f.sk(
+            [
+                floor::dh(&ik_a, &spk_pub),
+                floor::dh(&ek_s, &ik_b_x),
+                floor::dh(&ek_s, &spk_pub),
+                floor::dh(&ek_s, &opk_pub),
+            ],
+            ss,
+        );
+        let (_, mut cks) = floor::kdf_rk(&sk, &floor::dh(&dhs_s, &spk_pub));
+        let ct = floor::send(&mut cks, &f.aad, &[0u8; 100]);
+        let keys = AcceptKeys {
+            ik_a_ed: f.ik_b.verifying_key().to_bytes(),
+            ik_a_x,
+            ik_b,
+            spk,
+            opk,
+            ek,
+            dhs_a,
+        };
+        (keys, dk, ct)
+    };
+    c.bench_function(&format!("handshake/{name}/floor_accept"), |bench| {
+        let (keys, dk, ct) = &keys;
+        bench.iter(|| black_box(f.accept(keys, dk, ct)));
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let mut rng = ChaCha20Rng::seed_from_u64(7);
     let alice = IdentityKeyPair::generate(&mut rng);
-    for (name, pq) in [("x3dh", false), ("pqxdh", true)] {
-        let f = Floor::new(pq);
-        c.bench_function(&format!("handshake/{name}/floor_initiate"), |bench| {
-            let mut r = ChaCha20Rng::seed_from_u64(1);
-            bench.iter(|| black_box(f.initiate(&[0u8; 100], &mut r)));
-        });
-        // The accept floor's inputs: the initiator's side computed once, outside the timing.
-        let keys = {
-            let (ik_a, ik_a_x) = floor::keygen([25u8; 32]);
-            let (ik_b, ik_b_x) = floor::keygen([26u8; 32]);
-            let (spk, spk_pub) = floor::keygen([22u8; 32]);
-            let (opk, opk_pub) = floor::keygen([27u8; 32]);
-            let (ek_s, ek) = floor::keygen([28u8; 32]);
-            let (dhs_s, dhs_a) = floor::keygen([29u8; 32]);
-            let dk = ml_kem::DecapsulationKey::<MlKem1024>::from_seed(Array::from(f.kem_seed));
-            let ss = pq.then(|| dk.decapsulate(&f.kem_ct).into());
-            let sk = f.sk(
-                [
-                    floor::dh(&ik_a, &spk_pub),
-                    floor::dh(&ek_s, &ik_b_x),
-                    floor::dh(&ek_s, &spk_pub),
-                    floor::dh(&ek_s, &opk_pub),
-                ],
-                ss,
-            );
-            let (_, mut cks) = floor::kdf_rk(&sk, &floor::dh(&dhs_s, &spk_pub));
-            let ct = floor::send(&mut cks, &f.aad, &[0u8; 100]);
-            let keys = AcceptKeys {
-                ik_a_ed: f.ik_b.verifying_key().to_bytes(),
-                ik_a_x,
-                ik_b,
-                spk,
-                opk,
-                ek,
-                dhs_a,
-            };
-            (keys, dk, ct)
-        };
-        c.bench_function(&format!("handshake/{name}/floor_accept"), |bench| {
-            let (keys, dk, ct) = &keys;
-            bench.iter(|| black_box(f.accept(keys, dk, ct)));
-        });
-        let b = bob(&mut rng, pq);
-        // Initiator: parse + verify the bundle, agree, and encrypt the first 100 B message.
-        c.bench_function(&format!("handshake/{name}/initiate"), |bench| {
-            let mut r = ChaCha20Rng::seed_from_u64(1);
-            bench.iter(|| {
-                let mut s = initiate(&mut r, &alice, black_box(&b.bundle));
-                black_box(s.encrypt(&[0u8; 100]).unwrap())
+    // The one-time KEM variant differs only in the responder's key expansion: its floor is
+    // pqxdh's, and its initiator side is pqxdh's.
+    for (name, kem) in [
+        ("x3dh", Kem::None),
+        ("pqxdh", Kem::LastResort),
+        ("pqxdh-one-time-kem", Kem::OneTime),
+    ] {
+        let pq = kem != Kem::None;
+        let b = bob(&mut rng, kem);
+        if kem != Kem::OneTime {
+            floors(c, name, pq);
+            // Initiator: parse + verify the bundle, agree, and encrypt the first 100 B message.
+            c.bench_function(&format!("handshake/{name}/initiate"), |bench| {
+                let mut r = ChaCha20Rng::seed_from_u64(1);
+                bench.iter(|| {
+                    let mut s = initiate(&mut r, &alice, black_box(&b.bundle));
+                    black_box(s.encrypt(&[0u8; 100]).unwrap())
+                });
             });
-        });
+        }
         // Responder: parse the initial message, agree, decrypt the first message. The
         // PreKeys value is restored from a snapshot outside the measurement, so every accept
         // starts from the same state (the one-time prekey unused, no replay record).

@@ -2,6 +2,7 @@
 //! generation from a 64-byte seed, encapsulation and decapsulation with implicit rejection.
 
 use core::fmt;
+use std::sync::OnceLock;
 
 use ml_kem::array::Array;
 use ml_kem::{Encapsulate, KeyExport, MlKem1024};
@@ -88,31 +89,58 @@ impl fmt::Debug for KemPublicKey {
     }
 }
 
-/// An ML-KEM-1024 decapsulation key, held as its 64-byte FIPS 203 seed `d || z`.
-pub(crate) struct KemSecret(Zeroizing<[u8; KEM_SEED_LEN]>);
+/// An ML-KEM-1024 decapsulation key, held (and persisted) as its 64-byte FIPS 203 seed `d || z`.
+/// The expanded key is computed on first use and kept in memory (wiped on drop): a key used more
+/// than once, the last-resort KEM prekey, pays the expansion (`KeyGen_internal`, about as costly
+/// as a decapsulation) once per process instead of once per handshake.
+pub(crate) struct KemSecret {
+    seed: Zeroizing<[u8; KEM_SEED_LEN]>,
+    expanded: OnceLock<Box<DecapsulationKey>>,
+}
 
 impl KemSecret {
     pub(crate) fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
         let mut seed = Zeroizing::new([0u8; KEM_SEED_LEN]);
         rng.fill_bytes(seed.as_mut());
-        Self(seed)
+        Self {
+            seed,
+            expanded: OnceLock::new(),
+        }
     }
 
     pub(crate) fn from_seed(seed: &[u8; KEM_SEED_LEN]) -> Self {
-        Self(Zeroizing::new(*seed))
+        Self {
+            seed: Zeroizing::new(*seed),
+            expanded: OnceLock::new(),
+        }
     }
 
     pub(crate) fn seed(&self) -> &[u8; KEM_SEED_LEN] {
-        &self.0
+        &self.seed
     }
 
-    fn expand(&self) -> DecapsulationKey {
-        DecapsulationKey::from_seed(Array::from(*self.0))
+    /// The expanded key, computed once.
+    fn expand(&self) -> &DecapsulationKey {
+        self.expanded
+            .get_or_init(|| Box::new(DecapsulationKey::from_seed(Array::from(*self.seed))))
     }
 
-    /// `ML-KEM-1024.KeyGen_internal(d, z)`'s encapsulation key.
+    /// Expands the key now (for a key about to be used repeatedly), so the first handshake
+    /// using it does not pay for the expansion.
+    pub(crate) fn warm(&self) {
+        let _ = self.expand();
+    }
+
+    /// `ML-KEM-1024.KeyGen_internal(d, z)`'s encapsulation key. Does not keep the expansion (one-
+    /// time KEM prekeys are published in batches and each used at most once).
     pub(crate) fn public(&self) -> KemPublicKey {
-        let ek: [u8; KEM_PUBLIC_KEY_LEN] = self.expand().encapsulation_key().to_bytes().into();
+        let ek: [u8; KEM_PUBLIC_KEY_LEN] = match self.expanded.get() {
+            Some(dk) => dk.encapsulation_key().to_bytes().into(),
+            None => DecapsulationKey::from_seed(Array::from(*self.seed))
+                .encapsulation_key()
+                .to_bytes()
+                .into(),
+        };
         KemPublicKey(Box::new(ek))
     }
 

@@ -187,6 +187,37 @@ pub struct Pruned {
 ///
 /// A value the caller persists with [`PreKeys::snapshot`]; every method that changes it
 /// returns what changed, and a failed [`PreKeys::accept`] changes nothing.
+///
+/// # Example
+/// ```
+/// use confidant::{HandshakeError, IdentityKeyPair, Message, PreKeyBundle, PreKeys, Session};
+/// use confidant::Timestamp;
+/// # use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+/// # let mut rng = ChaCha20Rng::seed_from_u64(7);
+/// let bob = IdentityKeyPair::generate(&mut rng);
+/// let mut prekeys = PreKeys::new(&mut rng, &bob, Timestamp(1_700_000_000_000));
+/// let one_time = prekeys.generate_one_time_prekeys(&mut rng, 10)?;
+/// assert_eq!(prekeys.one_time_prekey_count(), 10);
+/// let _persist_first = prekeys.snapshot(); // then upload the public halves
+///
+/// // Alice starts a session from a bundle with Bob's first one-time prekey.
+/// # let alice = IdentityKeyPair::generate(&mut rng);
+/// let bundle = PreKeyBundle::new(bob.public(), prekeys.signed_prekey(), one_time.first().copied())
+///     .with_kem_prekey(prekeys.last_resort_kem_prekey());
+/// let mut alice_session = Session::initiate(&mut rng, &alice, bundle.verify()?)?;
+/// let wire = alice_session.encrypt(b"hi Bob")?;
+/// let Message::PreKey(initial) = Message::from_bytes(&wire)? else { unreachable!() };
+///
+/// let accepted = prekeys.accept(&mut rng, &bob, &initial)?;
+/// assert_eq!(&accepted.plaintext[..], b"hi Bob");
+/// assert_eq!(accepted.consumed_one_time_prekey, one_time.first().map(|k| k.id()));
+/// assert_eq!(prekeys.one_time_prekey_count(), 9);
+///
+/// // The same initial message again cannot start a second session; nothing changes.
+/// let replayed = prekeys.accept(&mut rng, &bob, &initial);
+/// assert_eq!(replayed.err(), Some(HandshakeError::Replay));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct PreKeys {
     signed: Rotating<SignedPreKeySecret>,
     last_resort_kem: Rotating<LastResortKem>,
@@ -748,6 +779,8 @@ impl PreKeys {
                 return Err(RestoreError::Invariant("duplicate accepted base key"));
             }
         }
+        // Valid: keep the current last-resort KEM key expanded (see `new_last_resort`).
+        last_resort_kem.current.secret.warm();
         Ok(Self {
             signed,
             last_resort_kem,
@@ -802,6 +835,9 @@ fn new_last_resort(
     now: Timestamp,
 ) -> LastResortKem {
     let secret = KemSecret::generate(rng);
+    // The current last-resort key serves every PQXDH initiator that finds no one-time KEM
+    // prekey: keep it expanded (this also makes `public` below reuse the expansion).
+    secret.warm();
     let signature = identity.sign(&secret.public().encode());
     LastResortKem {
         id,
