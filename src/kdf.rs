@@ -42,17 +42,22 @@ fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) {
     }
 }
 
-fn hmac_sha256(key: &[u8; 32], byte: u8) -> [u8; 32] {
+/// `(HMAC(key, a), HMAC(key, b))`, keying HMAC once: both MACs start from the same inner and
+/// outer states, so the second costs two SHA-256 blocks instead of four.
+fn hmac_sha256_pair(key: &[u8; 32], a: u8, b: u8) -> ([u8; 32], [u8; 32]) {
     // RFC 2104 pads a key shorter than the 64-byte block with zeros, so keying HMAC with
     // `key || 0^32` through the infallible block-sized constructor is HMAC keyed with `key`.
     let mut block = [0u8; 64];
     if let Some(head) = block.get_mut(..32) {
         head.copy_from_slice(key);
     }
-    let mut mac = <Hmac<Sha256> as KeyInit>::new(&block.into());
+    let keyed = <Hmac<Sha256> as KeyInit>::new(&block.into());
     block.zeroize();
-    mac.update(&[byte]);
-    mac.finalize().into_bytes().into()
+    let finish = |mut mac: Hmac<Sha256>, byte: u8| -> [u8; 32] {
+        mac.update(&[byte]);
+        mac.finalize().into_bytes().into()
+    };
+    (finish(keyed.clone(), a), finish(keyed, b))
 }
 
 macro_rules! secret32 {
@@ -119,19 +124,17 @@ impl RootKey {
 impl ChainKey {
     /// KDF_CK (PROTOCOL.md §5.2): `MK = HMAC(ck, 0x01)`, `CK' = HMAC(ck, 0x02)`.
     pub(crate) fn step(&self) -> (MessageKey, ChainKey) {
-        let mk = MessageKey::from_bytes(hmac_sha256(self.as_bytes(), CK_MESSAGE_BYTE));
-        let ck = ChainKey::from_bytes(hmac_sha256(self.as_bytes(), CK_CHAIN_BYTE));
-        (mk, ck)
+        let (mk, ck) = hmac_sha256_pair(self.as_bytes(), CK_MESSAGE_BYTE, CK_CHAIN_BYTE);
+        (MessageKey::from_bytes(mk), ChainKey::from_bytes(ck))
     }
 
     /// KDF_CK in place: returns `MK` and overwrites this chain key with `CK'` (a send, which
     /// cannot fail once it has started, needs no staged copy).
     pub(crate) fn advance(&mut self) -> MessageKey {
-        let mk = MessageKey::from_bytes(hmac_sha256(self.as_bytes(), CK_MESSAGE_BYTE));
-        let mut next = hmac_sha256(self.as_bytes(), CK_CHAIN_BYTE);
+        let (mk, mut next) = hmac_sha256_pair(self.as_bytes(), CK_MESSAGE_BYTE, CK_CHAIN_BYTE);
         *self.0 = next;
         next.zeroize();
-        mk
+        MessageKey::from_bytes(mk)
     }
 }
 

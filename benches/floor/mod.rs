@@ -24,15 +24,15 @@ pub(crate) const PQXDH_INFO: &[u8] = b"E2EE_PQXDH_v1_CURVE25519_SHA-256_ML-KEM-1
 /// `AD = EncodeEd(IK_A) || EncodeEd(IK_B)` (66 bytes) followed by the 40-byte header.
 pub(crate) const AAD_LEN: usize = 66 + 40;
 
-/// KDF_CK: two HMAC-SHA-256 of one byte each (PROTOCOL.md §5.2).
+/// KDF_CK: two HMAC-SHA-256 of one byte each under one key (PROTOCOL.md §5.2), keyed once.
 pub(crate) fn chain_step(ck: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
-    let mac = |byte: u8| {
-        let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(ck).unwrap();
+    let keyed = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(ck).unwrap();
+    let mac = |mut m: Hmac<Sha256>, byte: u8| {
         m.update(&[byte]);
         let out: [u8; 32] = m.finalize().into_bytes().into();
         out
     };
-    (mac(1), mac(2))
+    (mac(keyed.clone(), 1), mac(keyed, 2))
 }
 
 /// HKDF-SHA-256 with `salt`, expanding `N` bytes.
