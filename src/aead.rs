@@ -2,7 +2,7 @@
 
 use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Nonce, Payload};
 use aes_gcm::{Aes256Gcm, Key};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::kdf::AeadKey;
 
@@ -22,8 +22,13 @@ pub(crate) fn seal_into(key: &AeadKey, aad: &[u8], plaintext: &[u8], out: &mut V
     match tag {
         Some(tag) => out.extend_from_slice(&tag),
         // Encryption fails only for inputs beyond GCM's 64 GiB bound, far above MAX_PLAINTEXT;
-        // never leave plaintext behind.
-        None => out.truncate(start),
+        // never leave plaintext behind, not even in the spare capacity.
+        None => {
+            if let Some(tail) = out.get_mut(start..) {
+                tail.zeroize();
+            }
+            out.truncate(start);
+        }
     }
 }
 

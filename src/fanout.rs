@@ -306,6 +306,8 @@ impl SessionBook {
     /// Encrypts the key entry of `fan_out` for every device in its `needs_bundle` that now has
     /// an active session (after the caller fetched bundles and `insert`ed sessions), moving it
     /// to `entries`; the body stays the same. Devices still without a session stay listed.
+    /// `needs_bundle` is taken as a set: duplicates get one entry, and the devices still listed
+    /// afterwards are in address order.
     ///
     /// **Persist the book before sending** the new entries.
     pub fn complete_fan_out(&mut self, fan_out: &mut FanOut) {

@@ -7,7 +7,7 @@ use core::fmt;
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// `X3DH_INFO` (PROTOCOL.md §2).
 pub(crate) const X3DH_INFO: &[u8] = b"E2EE_X3DH_v1";
@@ -44,7 +44,7 @@ fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], out: &mut [u8]) {
 
 /// `(HMAC(key, a), HMAC(key, b))`, keying HMAC once: both MACs start from the same inner and
 /// outer states, so the second costs two SHA-256 blocks instead of four.
-fn hmac_sha256_pair(key: &[u8; 32], a: u8, b: u8) -> ([u8; 32], [u8; 32]) {
+fn hmac_sha256_pair(key: &[u8; 32], a: u8, b: u8) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
     // RFC 2104 pads a key shorter than the 64-byte block with zeros, so keying HMAC with
     // `key || 0^32` through the infallible block-sized constructor is HMAC keyed with `key`.
     let mut block = [0u8; 64];
@@ -53,9 +53,9 @@ fn hmac_sha256_pair(key: &[u8; 32], a: u8, b: u8) -> ([u8; 32], [u8; 32]) {
     }
     let keyed = <Hmac<Sha256> as KeyInit>::new(&block.into());
     block.zeroize();
-    let finish = |mut mac: Hmac<Sha256>, byte: u8| -> [u8; 32] {
+    let finish = |mut mac: Hmac<Sha256>, byte: u8| -> Zeroizing<[u8; 32]> {
         mac.update(&[byte]);
-        mac.finalize().into_bytes().into()
+        Zeroizing::new(mac.finalize().into_bytes().into())
     };
     (finish(keyed.clone(), a), finish(keyed, b))
 }
@@ -125,16 +125,15 @@ impl ChainKey {
     /// KDF_CK (PROTOCOL.md §5.2): `MK = HMAC(ck, 0x01)`, `CK' = HMAC(ck, 0x02)`.
     pub(crate) fn step(&self) -> (MessageKey, ChainKey) {
         let (mk, ck) = hmac_sha256_pair(self.as_bytes(), CK_MESSAGE_BYTE, CK_CHAIN_BYTE);
-        (MessageKey::from_bytes(mk), ChainKey::from_bytes(ck))
+        (MessageKey::from_bytes(*mk), ChainKey::from_bytes(*ck))
     }
 
     /// KDF_CK in place: returns `MK` and overwrites this chain key with `CK'` (a send, which
     /// cannot fail once it has started, needs no staged copy).
     pub(crate) fn advance(&mut self) -> MessageKey {
-        let (mk, mut next) = hmac_sha256_pair(self.as_bytes(), CK_MESSAGE_BYTE, CK_CHAIN_BYTE);
-        *self.0 = next;
-        next.zeroize();
-        MessageKey::from_bytes(mk)
+        let (mk, next) = hmac_sha256_pair(self.as_bytes(), CK_MESSAGE_BYTE, CK_CHAIN_BYTE);
+        *self.0 = *next;
+        MessageKey::from_bytes(*mk)
     }
 }
 

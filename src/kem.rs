@@ -90,9 +90,10 @@ impl fmt::Debug for KemPublicKey {
 }
 
 /// An ML-KEM-1024 decapsulation key, held (and persisted) as its 64-byte FIPS 203 seed `d || z`.
-/// The expanded key is computed on first use and kept in memory (wiped on drop): a key used more
-/// than once, the last-resort KEM prekey, pays the expansion (`KeyGen_internal`, about as costly
-/// as a decapsulation) once per process instead of once per handshake.
+/// [`KemSecret::warm`] keeps the expanded key in memory (wiped on drop), for the key used more
+/// than once, the current last-resort KEM prekey: it then pays the expansion (`KeyGen_internal`,
+/// about as costly as a decapsulation) once per process instead of once per handshake. Other keys
+/// expand for each use and drop the expansion at once.
 pub(crate) struct KemSecret {
     seed: Zeroizing<[u8; KEM_SEED_LEN]>,
     expanded: OnceLock<Box<DecapsulationKey>>,
@@ -119,16 +120,15 @@ impl KemSecret {
         &self.seed
     }
 
-    /// The expanded key, computed once.
-    fn expand(&self) -> &DecapsulationKey {
-        self.expanded
-            .get_or_init(|| Box::new(DecapsulationKey::from_seed(Array::from(*self.seed))))
+    /// A fresh expansion, not kept.
+    fn fresh(&self) -> DecapsulationKey {
+        DecapsulationKey::from_seed(Array::from(*self.seed))
     }
 
-    /// Expands the key now (for a key about to be used repeatedly), so the first handshake
-    /// using it does not pay for the expansion.
+    /// Expands the key and keeps the expansion (for the current last-resort key, used by every
+    /// initiator that finds no one-time KEM prekey), so handshakes using it do not pay for it.
     pub(crate) fn warm(&self) {
-        let _ = self.expand();
+        let _ = self.expanded.get_or_init(|| Box::new(self.fresh()));
     }
 
     /// `ML-KEM-1024.KeyGen_internal(d, z)`'s encapsulation key. Does not keep the expansion (one-
@@ -136,20 +136,23 @@ impl KemSecret {
     pub(crate) fn public(&self) -> KemPublicKey {
         let ek: [u8; KEM_PUBLIC_KEY_LEN] = match self.expanded.get() {
             Some(dk) => dk.encapsulation_key().to_bytes().into(),
-            None => DecapsulationKey::from_seed(Array::from(*self.seed))
-                .encapsulation_key()
-                .to_bytes()
-                .into(),
+            None => self.fresh().encapsulation_key().to_bytes().into(),
         };
         KemPublicKey(Box::new(ek))
     }
 
     /// `SS = ML-KEM-1024.Decaps(dk, CT)`, with implicit rejection: a malformed but well-sized
     /// ciphertext yields a pseudorandom secret, and the handshake fails at the first AEAD.
+    /// Uses the kept expansion if [`KemSecret::warm`] made one, else expands for this call only
+    /// (so unauthenticated initial messages cannot make one-time keys hold expanded secrets).
     pub(crate) fn decapsulate(&self, ciphertext: &[u8; KEM_CIPHERTEXT_LEN]) -> Zeroizing<[u8; 32]> {
         use ml_kem::Decapsulate;
         let ct = Array::from(*ciphertext);
-        Zeroizing::new(self.expand().decapsulate(&ct).into())
+        let ss = match self.expanded.get() {
+            Some(dk) => dk.decapsulate(&ct),
+            None => self.fresh().decapsulate(&ct),
+        };
+        Zeroizing::new(ss.into())
     }
 }
 

@@ -100,7 +100,11 @@ impl fmt::Debug for IdentityKeyPair {
 ///
 /// Construction checks that the encoding is canonical, decodes to a curve point, is not of
 /// small order and lies in the prime-order subgroup, and so has a valid X25519 form
-/// `u = (1 + y) / (1 - y)` (PROTOCOL.md §3.2).
+/// `u = (1 + y) / (1 - y)` (PROTOCOL.md §3.2). One exception: the identity keys of a
+/// [`Session`](crate::Session) rebuilt by `Session::restore` carry both forms as the snapshot
+/// recorded them, unchecked beyond their lengths and the X25519 form's byte checks
+/// (PROTOCOL.md §10.1); a snapshot is the caller's own authenticated state. Equality, ordering
+/// and hashing compare both forms, so such a key never equals a validated key it does not match.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentityKey {
     ed: [u8; 32],

@@ -102,3 +102,20 @@ pub const SENDER_KEY_PROFILE_ID: &str = "confidant-sender-key/v1";
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod tests {
+    /// Every state value can move between threads and be shared behind a lock or an `Arc`
+    /// (the KEM key cache in `PreKeys` is a `OnceLock`, not a `OnceCell`).
+    #[test]
+    fn state_values_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::Session>();
+        check::<crate::PreKeys>();
+        check::<crate::IdentityKeyPair>();
+        check::<crate::book::SessionBook>();
+        check::<crate::group::GroupSession>();
+        check::<crate::server::DeviceKeys>();
+        check::<crate::safety::KnownAccounts>();
+    }
+}

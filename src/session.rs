@@ -441,8 +441,12 @@ impl Session {
         codec::encode_secret(SESSION_SNAPSHOT_V1, &proto)
     }
 
-    /// Restores a snapshot, treating it as untrusted: every length, limit and invariant is
-    /// checked (PROTOCOL.md §10.1).
+    /// Restores a snapshot, treating it as untrusted input: every length, limit and listed
+    /// invariant is checked, and nothing in it can make this or a later call panic
+    /// (PROTOCOL.md §10.1). Keys are taken as recorded, without curve arithmetic: the identity
+    /// keys' two forms and the sending ratchet key pair are not re-derived from each other (the
+    /// session never computes with the identity keys' X25519 forms; §10.1 lists what is not
+    /// checked).
     ///
     /// # Errors
     /// [`RestoreError`] naming the violated invariant.

@@ -1488,8 +1488,9 @@ fn session_snapshot_invariants_are_checked() {
             "pending only for the initiator",
         ),
         (&a, Box::new(|t, _| set(t, 3, key(31))), "local_identity"),
-        // Identity keys are restored as recorded (PROTOCOL.md §10.1): an invalid Ed25519 form
-        // is caught by the associated data that binds it, the X25519 form by its own checks.
+        // Identity keys are restored as recorded (PROTOCOL.md §10.1): an Ed25519 form that
+        // differs from the one the snapshot's associated data starts with is refused there,
+        // lengths and the X25519 form's byte checks here.
         (
             &a,
             Box::new(|t, _| set(t, 4, Some(Value::Len(vec![0; 32])))),
