@@ -159,6 +159,74 @@ fn a_rotation_ends_the_previous_key() {
     );
 }
 
+/// Found by `fuzz/run.sh` (group_decrypt; kept in `fuzz/regressions/`): a distribution reported
+/// `Known` installs nothing, yet the previous-key end it announces still applies, only ever
+/// lowering an end; delivering it again, or a known distribution that announces no end,
+/// changes nothing.
+#[test]
+fn a_known_distribution_still_applies_its_announced_end() {
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    let (a, b) = (address(&mut rng, 1), address(&mut rng, 2));
+    let id = GroupId::random(&mut rng);
+    let mut at_b = GroupSession::new(id, b, &[a, b], RotationPolicy::on_removal_only()).unwrap();
+    let (ck1, seed1, key1) = ([7u8; 32], [8u8; 32], 100u32);
+    let d1 = hazmat::sender_key_distribution(id, key1, 0, &ck1, &seed1, None, key1);
+    assert_eq!(
+        at_b.receive_distribution(&a, &dist(&d1)),
+        Ok(KeyStatus::New)
+    );
+    let mut chain = vec![ck1];
+    for _ in 0..6 {
+        chain.push(*hazmat::sender_key_step(chain.last().unwrap()).next_chain_key);
+    }
+    let seal = |it: usize| hazmat::group_seal(id, &a, key1, it as u32, &chain[it], &seed1, b"m");
+    let key2 = |end: u32| {
+        hazmat::sender_key_distribution(
+            id,
+            key1 + 1,
+            0,
+            &[9u8; 32],
+            &[10u8; 32],
+            Some(PreviousKey { key_id: key1, end }),
+            key1,
+        )
+    };
+    assert_eq!(
+        at_b.receive_distribution(&a, &dist(&key2(5))),
+        Ok(KeyStatus::New)
+    );
+    // The same key announcing a later end: known, and the end stays at 5.
+    let before = at_b.snapshot();
+    assert_eq!(
+        at_b.receive_distribution(&a, &dist(&key2(9))),
+        Ok(KeyStatus::Known)
+    );
+    assert_eq!(&at_b.snapshot()[..], &before[..]);
+    // An earlier end: known, and applied (iteration 4 of key 1 is now refused).
+    assert_eq!(
+        at_b.receive_distribution(&a, &dist(&key2(3))),
+        Ok(KeyStatus::Known)
+    );
+    let lowered = at_b.snapshot();
+    assert_ne!(&lowered[..], &before[..]);
+    assert_eq!(
+        at_b.decrypt(&a, &msg(&seal(4))),
+        Err(GroupError::Unauthenticated)
+    );
+    assert_eq!(&at_b.decrypt(&a, &msg(&seal(2))).unwrap()[..], b"m");
+    // Delivered again, and a known distribution without an end: nothing changes.
+    let settled = at_b.snapshot();
+    assert_eq!(
+        at_b.receive_distribution(&a, &dist(&key2(3))),
+        Ok(KeyStatus::Known)
+    );
+    assert_eq!(
+        at_b.receive_distribution(&a, &dist(&d1)),
+        Ok(KeyStatus::Known)
+    );
+    assert_eq!(&at_b.snapshot()[..], &settled[..]);
+}
+
 #[test]
 fn the_library_announces_the_end_of_the_previous_key() {
     let mut t = trio(3);

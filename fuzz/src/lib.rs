@@ -28,6 +28,49 @@ pub const NOW: Timestamp = Timestamp(1_795_000_000_000);
 /// One day in milliseconds.
 pub const DAY_MS: u64 = 86_400_000;
 
+/// Checks what a sender-key distribution did to `session` (`before`: its snapshot before
+/// `result = session.receive_distribution(sender, distribution)`):
+/// * refused: nothing changed;
+/// * `Known`: nothing was installed, but the end of the previous key the distribution
+///   announces is still applied (`KeyStatus::Known` documents this), so the session may change
+///   only if it announces one; and delivering the same distribution again is `Known` and
+///   changes nothing.
+///
+/// # Panics
+/// If one of these fails.
+pub fn check_distribution_outcome(
+    session: &mut confidant::group::GroupSession,
+    before: &[u8],
+    sender: &confidant::book::Address,
+    distribution: &confidant::group::SenderKeyDistribution,
+    result: &Result<confidant::group::KeyStatus, confidant::group::GroupError>,
+) {
+    use confidant::group::KeyStatus;
+    match result {
+        Err(_) => assert!(
+            *before == *session.snapshot(),
+            "a refused distribution ({result:?}) changed the session"
+        ),
+        Ok(KeyStatus::Known) => {
+            let after = session.snapshot();
+            assert!(
+                distribution.previous_key().is_some() || *before == *after,
+                "a known distribution announcing no previous key changed the session"
+            );
+            let again = session.receive_distribution(sender, distribution);
+            assert!(
+                matches!(again, Ok(KeyStatus::Known)),
+                "a known distribution delivered again gave {again:?}"
+            );
+            assert!(
+                *after == *session.snapshot(),
+                "a known distribution delivered again changed the session"
+            );
+        }
+        Ok(KeyStatus::New | KeyStatus::Advanced) => {}
+    }
+}
+
 /// A deterministic RNG.
 #[must_use]
 pub fn rng(seed: u64) -> ChaCha20Rng {

@@ -161,6 +161,18 @@ fn main() {
         for (origin, bytes) in (target.seeds)() {
             add(target.name, &origin, bytes);
         }
+        // Inputs that once failed a check (kept in regressions/<target>/, committed), so every
+        // run and every `--check` replays them.
+        let regressions = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("regressions")
+            .join(target.name);
+        if let Ok(entries) = std::fs::read_dir(&regressions) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let bytes = std::fs::read(entry.path()).expect("read a regression input");
+                add(target.name, &format!("regression-{name}"), bytes);
+            }
+        }
         eprintln!(
             "{:<20} fixture seeds in {:?}",
             target.name,
