@@ -1,4 +1,5 @@
-//! Sealed sender and attachment benchmarks (criterion, PROTOCOL.md §19–§20). Deterministic RNG.
+//! Sealed sender and attachment benchmarks (criterion, PROTOCOL.md §19–§20), each send next to
+//! its primitive floor measured in the same run (`floor/mod.rs`). Deterministic RNG.
 //!
 //! `cargo bench --bench sealed`
 
@@ -21,6 +22,10 @@ use confidant::{IdentityKey, IdentityKeyPair, Timestamp, server};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+#[path = "floor/mod.rs"]
+mod floor;
 
 const NOW: Timestamp = Timestamp(1_795_000_000_000);
 
@@ -77,6 +82,49 @@ fn bench(c: &mut Criterion) {
             )
         });
     });
+    // The floor (PROTOCOL.md §19.3): once, HKDF of M, the ephemeral key, the padded body's
+    // AES-256-GCM seal and its SHA-256; per recipient device, DH(e, R) with HKDF (96-byte IKM,
+    // 64 bytes out) and DH(S, R) with HKDF (224-byte IKM, 16 bytes out).
+    let padded = confidant::padding::pad(&[0x5au8; 400 + 253 + 16]);
+    let s_secret = floor::keygen([41u8; 32]).0;
+    let r_public: Vec<x25519_dalek::PublicKey> = devices
+        .iter()
+        .map(|d| x25519_dalek::PublicKey::from(d.public().x25519()))
+        .collect();
+    group.bench_function("floor/seal/group-message/1000-devices", |b| {
+        b.iter(|| {
+            let ek: [u8; 64] = floor::hkdf(&[0u8; 32], &[42u8; 32], b"confidant/sealed/v1/message");
+            let (e, e_pub) = floor::keygen(ek[..32].try_into().unwrap());
+            let body = floor::aes_gcm_seal(
+                &ek[32..].try_into().unwrap(),
+                &[0; 12],
+                e_pub.as_bytes(),
+                &padded,
+            );
+            let body_hash = Sha256::digest(&body);
+            let entry_hash = Sha256::digest([]);
+            let mut headers = Vec::with_capacity(48 * r_public.len());
+            for r in &r_public {
+                let mut ikm = [0u8; 96];
+                ikm[..32].copy_from_slice(&floor::dh(&e, r));
+                ikm[32..64].copy_from_slice(e_pub.as_bytes());
+                ikm[64..].copy_from_slice(r.as_bytes());
+                let mask: [u8; 64] =
+                    floor::hkdf(&[0u8; 32], &ikm, b"confidant/sealed/v1/recipient");
+                let c: Vec<u8> = mask[..32].iter().map(|m| m ^ 0x42).collect();
+                let mut auth = [0u8; 224];
+                auth[..32].copy_from_slice(&floor::dh(&s_secret, r));
+                auth[32..64].copy_from_slice(e_pub.as_bytes());
+                auth[64..96].copy_from_slice(&c);
+                auth[160..192].copy_from_slice(&body_hash);
+                auth[192..].copy_from_slice(&entry_hash);
+                let at: [u8; 16] = floor::hkdf(&[0u8; 32], &auth, b"confidant/sealed/v1/auth");
+                headers.extend_from_slice(&c);
+                headers.extend_from_slice(&at);
+            }
+            black_box((body, headers))
+        });
+    });
     let upload = sealed::seal(
         &mut rng,
         &sender,
@@ -126,6 +174,28 @@ fn bench(c: &mut Criterion) {
         AttachmentEncryptor::new(&mut rng, DEFAULT_CHUNK_SIZE, "application/octet-stream").unwrap();
     enc.update(&data, &mut out).unwrap();
     let pointer = enc.finish(&mut out);
+    // The floor: one AES-256-GCM key setup, a seal of every 64 KiB chunk into the output, and
+    // SHA-256 over the ciphertext (the pointer's digest).
+    att.bench_function("floor/encrypt/64MiB", |b| {
+        use aes_gcm::aead::{AeadInOut, KeyInit};
+        b.iter(|| {
+            out.clear();
+            let cipher = aes_gcm::Aes256Gcm::new(&[3u8; 32].into());
+            let mut digest = Sha256::new();
+            for (i, chunk) in data.chunks(DEFAULT_CHUNK_SIZE as usize).enumerate() {
+                let start = out.len();
+                out.extend_from_slice(chunk);
+                let mut nonce = [0u8; 12];
+                nonce[7..11].copy_from_slice(&(i as u32).to_be_bytes());
+                let tag = cipher
+                    .encrypt_inout_detached(&nonce.into(), b"", (&mut out[start..]).into())
+                    .unwrap();
+                out.extend_from_slice(&tag);
+                digest.update(&out[start..]);
+            }
+            black_box(digest.finalize())
+        });
+    });
     let mut plain = Vec::with_capacity(data.len());
     att.bench_function("decrypt/64MiB", |b| {
         b.iter(|| {
