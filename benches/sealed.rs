@@ -178,6 +178,7 @@ fn bench(c: &mut Criterion) {
     // SHA-256 over the ciphertext (the pointer's digest).
     att.bench_function("floor/encrypt/64MiB", |b| {
         use aes_gcm::aead::{AeadInOut, KeyInit};
+        let mut out = Vec::with_capacity(data.len() + data.len() / 1024);
         b.iter(|| {
             out.clear();
             let cipher = aes_gcm::Aes256Gcm::new(&[3u8; 32].into());
