@@ -196,12 +196,10 @@ impl Ratchet {
                 limit: MAX_PLAINTEXT,
             });
         }
-        if self.cks.is_none() {
-            return Err(EncryptError::NotReady);
-        }
+        let cks = self.cks.as_mut().ok_or(EncryptError::NotReady)?;
         let next_ns = self.ns.checked_add(1).ok_or(EncryptError::ChainExhausted)?;
         // Nothing below can fail: the chain advances in place.
-        let message_key = self.cks.as_mut().ok_or(EncryptError::NotReady)?.advance();
+        let message_key = cks.advance();
         let header = Header {
             dh: self.dhs.public,
             pn: self.pn,
